@@ -1,0 +1,125 @@
+//! Where patches become logits: ONNX Runtime (TensorRT, CUDA or CPU execution provider) or tract.
+//!
+//! [`select`] resolves a [`ProviderChoice`] into a running [`Backend`]. `auto` tries TensorRT →
+//! CUDA → ONNX Runtime CPU → tract and keeps the first that really initialises on this model; it
+//! never falls back silently: every provider it skipped is returned with the reason.
+
+mod onnxruntime;
+mod tract;
+
+use crate::model::Model;
+use crate::EngineError;
+use serde::Serialize;
+use std::path::PathBuf;
+
+pub use onnxruntime::{default_ort_library, OrtLibrary};
+
+/// A backend that actually ran.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Provider {
+    TensorRt,
+    Cuda,
+    /// ONNX Runtime's CPU execution provider.
+    Cpu,
+    Tract,
+}
+
+impl Provider {
+    pub fn name(self) -> &'static str {
+        match self {
+            Provider::TensorRt => "tensorrt",
+            Provider::Cuda => "cuda",
+            Provider::Cpu => "cpu",
+            Provider::Tract => "tract",
+        }
+    }
+    pub fn describe(self) -> &'static str {
+        match self {
+            Provider::TensorRt => "ONNX Runtime TensorRT execution provider",
+            Provider::Cuda => "ONNX Runtime CUDA execution provider",
+            Provider::Cpu => "ONNX Runtime CPU execution provider",
+            Provider::Tract => "tract (pure Rust)",
+        }
+    }
+}
+
+impl std::fmt::Display for Provider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// What the user asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ProviderChoice {
+    #[default]
+    Auto,
+    Only(Provider),
+}
+
+impl std::str::FromStr for ProviderChoice {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Ok(match s {
+            "auto" => ProviderChoice::Auto,
+            "tensorrt" | "trt" => ProviderChoice::Only(Provider::TensorRt),
+            "cuda" => ProviderChoice::Only(Provider::Cuda),
+            "cpu" | "ort" => ProviderChoice::Only(Provider::Cpu),
+            "tract" => ProviderChoice::Only(Provider::Tract),
+            other => return Err(format!("unknown provider '{other}': use auto, tensorrt, cuda, cpu or tract")),
+        })
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct BackendOptions {
+    /// Intra-op threads (0: the runtime's default, all cores).
+    pub threads: usize,
+    /// ONNX Runtime shared library; default: `ORT_DYLIB_PATH`, then beside the executable.
+    pub ort_library: Option<PathBuf>,
+    /// TensorRT: build fp16 engines.
+    pub tensorrt_fp16: bool,
+    /// TensorRT: where built engines are cached (building one takes minutes).
+    pub tensorrt_cache: Option<PathBuf>,
+}
+
+/// Runs the patch backbone: `patches` is `[n, C, P, P]` row-major, the result `[n, classes]`.
+pub trait Backend: Send + Sync {
+    fn provider(&self) -> Provider;
+    fn run(&self, patches: &[f32], n: usize) -> Result<Vec<f32>, EngineError>;
+}
+
+/// The chosen backend and why the ones before it were not used.
+pub struct Selection {
+    pub backend: Box<dyn Backend>,
+    pub skipped: Vec<(Provider, String)>,
+}
+
+pub fn select(model: &Model, choice: ProviderChoice, options: &BackendOptions) -> Result<Selection, EngineError> {
+    let order: &[Provider] = match choice {
+        ProviderChoice::Auto => &[Provider::TensorRt, Provider::Cuda, Provider::Cpu, Provider::Tract],
+        ProviderChoice::Only(p) => match p {
+            Provider::TensorRt => &[Provider::TensorRt],
+            Provider::Cuda => &[Provider::Cuda],
+            Provider::Cpu => &[Provider::Cpu],
+            Provider::Tract => &[Provider::Tract],
+        },
+    };
+    let mut skipped = Vec::new();
+    for &provider in order {
+        let attempt = match provider {
+            Provider::Tract => tract::TractBackend::new(model, options).map(|b| Box::new(b) as Box<dyn Backend>),
+            ort_provider => onnxruntime::OrtBackend::new(model, ort_provider, options).map(|b| Box::new(b) as Box<dyn Backend>),
+        };
+        match attempt {
+            Ok(backend) => return Ok(Selection { backend, skipped }),
+            Err(reason) if choice == ProviderChoice::Auto => skipped.push((provider, reason)),
+            Err(reason) => return Err(EngineError::ProviderUnavailable { provider: provider.name(), reason }),
+        }
+    }
+    Err(EngineError::ProviderUnavailable {
+        provider: "auto",
+        reason: skipped.iter().map(|(p, r)| format!("{p}: {r}")).collect::<Vec<_>>().join("; "),
+    })
+}

@@ -1,0 +1,28 @@
+//! MedicalPatchNet inference, stage by stage:
+//! [`decode`] (PNG, JPEG, DICOM) → [`preprocess`] (the seed's centre crop and antialiased resize)
+//! → [`tile`] (8×8 patches of 64×64) → [`backend`] (ONNX Runtime or tract) → [`explain`]
+//! (mean of patch logits, saliency maps). [`Engine`] strings them together.
+
+pub mod backend;
+pub mod decode;
+pub mod model;
+pub mod preprocess;
+pub mod tile;
+
+pub use backend::{BackendOptions, Provider, ProviderChoice};
+pub use model::{Model, ModelOrigin};
+
+/// Everything that can go wrong in the library. No panic crosses the library boundary.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("model {origin}: {problem}")]
+    Model { origin: String, problem: String },
+    #[error("provider {provider} is not available: {reason}")]
+    ProviderUnavailable { provider: &'static str, reason: String },
+    #[error("backend failed: {0}")]
+    Backend(String),
+    #[error(transparent)]
+    Decode(#[from] decode::DecodeError),
+    #[error("{0}")]
+    Input(String),
+}

@@ -1,0 +1,173 @@
+//! medpatch's exporter: the shared MedicalPatchNet patch backbone (torchvision EfficientNetV2) from
+//! trained weights to one self-describing ONNX file.
+//!
+//! ```no_run
+//! use medpatch_exporter::{export, ExportOptions, WeightsSource};
+//! let report = export(&ExportOptions::new(
+//!     WeightsSource::File("MedicalPatchNet_weights.pt".into()),
+//!     "medicalpatchnet.onnx".into(),
+//! )).unwrap();
+//! println!("{} parameters", report.parameters);
+//! ```
+
+pub mod efficientnet;
+pub mod onnx;
+pub mod pickle;
+pub mod weights;
+
+use medpatch_models::contract::{INPUT_NAME, OUTPUT_NAME};
+use medpatch_models::{ArchConfig, ArchError, ModelMetadata};
+use onnx::Dim;
+use prost::Message;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+pub use efficientnet::WeightProblems;
+pub use weights::{Tensor, Weights, WeightsError};
+
+#[derive(Debug, Clone)]
+pub enum WeightsSource {
+    /// A `torch.save` state dict (`.pt`/`.pth`) or a safetensors file with torchvision names.
+    File(PathBuf),
+    /// Reproducible random weights (for tests and benchmarks): `num_classes` outputs.
+    Random { seed: u64, num_classes: usize },
+}
+
+#[derive(Debug, Clone)]
+pub struct ExportOptions {
+    pub weights: WeightsSource,
+    pub output: PathBuf,
+    pub arch: ArchConfig,
+    /// 64 for MedicalPatchNet, 512 for the whole-image EfficientNetV2-S baseline.
+    pub patch_size: u32,
+    pub image_size: u32,
+    /// Output names; `None`: the 14 CheXpert findings (the model must then have 14 outputs).
+    pub classes: Option<Vec<String>>,
+}
+
+impl ExportOptions {
+    pub fn new(weights: WeightsSource, output: PathBuf) -> Self {
+        Self {
+            weights,
+            output,
+            arch: ArchConfig::builtin("efficientnet_v2_s").expect("built-in config is valid"),
+            patch_size: 64,
+            image_size: 512,
+            classes: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ExportReport {
+    pub output: PathBuf,
+    pub metadata: ModelMetadata,
+    /// Parameters of the folded inference graph.
+    pub parameters: usize,
+    pub nodes: usize,
+    pub file_bytes: usize,
+    pub elapsed: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ExportError {
+    #[error(transparent)]
+    Weights(#[from] WeightsError),
+    #[error(transparent)]
+    Arch(#[from] ArchError),
+    #[error("{path}: {problems}")]
+    Mismatch { path: String, problems: WeightProblems },
+    #[error("invalid export options: {0}")]
+    Options(String),
+    #[error("cannot write {path}: {source}")]
+    Write { path: String, source: std::io::Error },
+}
+
+pub fn export(options: &ExportOptions) -> Result<ExportReport, ExportError> {
+    let started = Instant::now();
+    let p = options.patch_size;
+    if p == 0 || options.image_size % p != 0 {
+        return Err(ExportError::Options(format!(
+            "patch size {p} must divide the image size {}",
+            options.image_size
+        )));
+    }
+    let (weights, origin, source) = match &options.weights {
+        WeightsSource::File(path) => {
+            let w = weights::load(path)?;
+            let name = path.file_name().map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into_owned());
+            (w, path.display().to_string(), format!("weights file {name}"))
+        }
+        WeightsSource::Random { seed, num_classes } => (
+            efficientnet::random_weights(&options.arch, *num_classes, *seed),
+            format!("random weights (seed {seed})"),
+            format!("random initialisation, seed {seed}: an untrained test model"),
+        ),
+    };
+    let backbone = efficientnet::build(&options.arch, &weights, INPUT_NAME, OUTPUT_NAME)
+        .map_err(|problems| ExportError::Mismatch { path: origin.clone(), problems })?;
+    let classes = match &options.classes {
+        Some(c) => c.clone(),
+        None if backbone.num_classes == 14 => ModelMetadata::default_classes(),
+        None => {
+            return Err(ExportError::Options(format!(
+                "the model has {} outputs, not the 14 CheXpert findings: name them with --classes",
+                backbone.num_classes
+            )));
+        }
+    };
+    if classes.len() != backbone.num_classes {
+        return Err(ExportError::Options(format!(
+            "{} class names given for a model with {} outputs",
+            classes.len(),
+            backbone.num_classes
+        )));
+    }
+    let mut metadata = ModelMetadata::new(&options.arch.name, p, options.image_size, classes);
+    metadata.source_sha256 = weights.source_sha256.clone();
+    metadata.source = source;
+    let parameters = backbone.graph.parameter_count();
+    let cin = options.arch.in_channels as i64;
+    let doc = format!(
+        "MedicalPatchNet patch backbone ({}): patches [N,{cin},{p},{p}] in [0,1] -> logits [N,{}]. \
+         Image logits are the mean over the {g}x{g} patches of a {s}x{s} image. Written by medpatch export.",
+        options.arch.name,
+        backbone.num_classes,
+        g = metadata.grid(),
+        s = options.image_size
+    );
+    let model = backbone.graph.finish(
+        &format!("medpatch_{}", options.arch.name),
+        (INPUT_NAME, &[Dim::Named("N"), Dim::Fixed(cin), Dim::Fixed(p as i64), Dim::Fixed(p as i64)]),
+        (OUTPUT_NAME, &[Dim::Named("N"), Dim::Fixed(backbone.num_classes as i64)]),
+        metadata.to_props(),
+        &doc,
+    );
+    let nodes = model.graph.as_ref().map_or(0, |g| g.node.len());
+    let bytes = model.encode_to_vec();
+    write_atomically(&options.output, &bytes)?;
+    Ok(ExportReport {
+        output: options.output.clone(),
+        metadata,
+        parameters,
+        nodes,
+        file_bytes: bytes.len(),
+        elapsed: started.elapsed(),
+    })
+}
+
+/// Write to a temporary file beside `path`, then rename: readers never see half a model, and a
+/// failure leaves nothing behind.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), ExportError> {
+    let err = |source| ExportError::Write { path: path.display().to_string(), source };
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let mut tmp = tempfile::Builder::new().prefix(".medpatch-").suffix(".part").tempfile_in(dir).map_err(err)?;
+    tmp.write_all(bytes).map_err(err)?;
+    tmp.as_file().sync_all().map_err(err)?;
+    tmp.persist(path).map_err(|e| err(e.error))?;
+    Ok(())
+}

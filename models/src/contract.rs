@@ -1,0 +1,232 @@
+//! What an exported MedicalPatchNet ONNX file promises about itself, stored in its
+//! `metadata_props`, so that a runtime needs no side files to use it correctly.
+//!
+//! Every key is prefixed `medpatch.`; values are plain strings (JSON for structured ones).
+//! Bump [`FORMAT_VERSION`] on any incompatible change; readers refuse versions they do not know.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// The CheXpert findings in model output order (the CheXpert CSV column order).
+pub const CHEXPERT_CLASSES: [&str; 14] = [
+    "No Finding",
+    "Enlarged Cardiomediastinum",
+    "Cardiomegaly",
+    "Lung Opacity",
+    "Lung Lesion",
+    "Edema",
+    "Consolidation",
+    "Pneumonia",
+    "Atelectasis",
+    "Pneumothorax",
+    "Pleural Effusion",
+    "Pleural Other",
+    "Fracture",
+    "Support Devices",
+];
+
+pub const FORMAT_VERSION: u32 = 1;
+/// ONNX graph input: `[N, 1, P, P]` float32 patches.
+pub const INPUT_NAME: &str = "patches";
+/// ONNX graph output: `[N, C]` float32 patch logits.
+pub const OUTPUT_NAME: &str = "logits";
+
+pub mod keys {
+    pub const FORMAT_VERSION: &str = "medpatch.format_version";
+    pub const CLASSES: &str = "medpatch.classes";
+    pub const PATCH_SIZE: &str = "medpatch.patch_size";
+    pub const IMAGE_SIZE: &str = "medpatch.image_size";
+    pub const GRID: &str = "medpatch.grid";
+    pub const INPUT: &str = "medpatch.input";
+    pub const ARCHITECTURE: &str = "medpatch.architecture";
+    pub const SOURCE_SHA256: &str = "medpatch.source_sha256";
+    pub const SOURCE: &str = "medpatch.source";
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ContractError {
+    #[error("the model has no medpatch metadata ('{}' is missing): it was not written by `medpatch export`; re-export it with `medpatch export`", keys::FORMAT_VERSION)]
+    NotMedpatch,
+    #[error("the model's metadata format version {found} is not supported (this medpatch reads version {FORMAT_VERSION}); use a matching medpatch release or re-export the model")]
+    UnsupportedVersion { found: String },
+    #[error("the model's metadata key '{key}' is missing")]
+    Missing { key: &'static str },
+    #[error("the model's metadata key '{key}' has an invalid value '{value}': {problem}")]
+    Invalid { key: &'static str, value: String, problem: String },
+}
+
+/// How an image must be turned into the model's input. Only one convention exists today (the
+/// MedicalPatchNet seed's); it is written out in full so a reader can check rather than assume.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InputConvention {
+    /// Channels per patch (1: grayscale, PIL `convert("L")`).
+    pub channels: u32,
+    /// Pixel value range after `to_tensor`.
+    pub range: [f32; 2],
+    /// Mean/std normalisation applied before the model: "none" for MedicalPatchNet.
+    pub normalization: String,
+    /// Crop before resizing: "center_square" (crop to the shorter side, centred, no padding).
+    pub crop: String,
+    /// Resize to `image_size`: "bilinear_antialias" (torchvision `Resize(antialias=True)`).
+    pub resize: String,
+}
+
+impl Default for InputConvention {
+    fn default() -> Self {
+        Self {
+            channels: 1,
+            range: [0.0, 1.0],
+            normalization: "none".into(),
+            crop: "center_square".into(),
+            resize: "bilinear_antialias".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelMetadata {
+    pub format_version: u32,
+    pub classes: Vec<String>,
+    /// Side of one square patch fed to the backbone (64 for MedicalPatchNet, 512 for the baseline).
+    pub patch_size: u32,
+    /// Side of the preprocessed square image (512).
+    pub image_size: u32,
+    pub input: InputConvention,
+    pub architecture: String,
+    /// sha256 (hex) of the weights file the model was exported from.
+    pub source_sha256: String,
+    /// Free text: where the weights came from.
+    pub source: String,
+}
+
+impl ModelMetadata {
+    pub fn new(architecture: &str, patch_size: u32, image_size: u32, classes: Vec<String>) -> Self {
+        Self {
+            format_version: FORMAT_VERSION,
+            classes,
+            patch_size,
+            image_size,
+            input: InputConvention::default(),
+            architecture: architecture.to_string(),
+            source_sha256: String::new(),
+            source: String::new(),
+        }
+    }
+
+    /// Patches per side of the image (8 for 512 / 64).
+    pub fn grid(&self) -> u32 {
+        self.image_size / self.patch_size
+    }
+
+    pub fn default_classes() -> Vec<String> {
+        CHEXPERT_CLASSES.iter().map(|c| c.to_string()).collect()
+    }
+
+    pub fn to_props(&self) -> Vec<(String, String)> {
+        let grid = self.grid();
+        vec![
+            (keys::FORMAT_VERSION.into(), self.format_version.to_string()),
+            (keys::CLASSES.into(), serde_json::to_string(&self.classes).expect("strings serialise")),
+            (keys::PATCH_SIZE.into(), self.patch_size.to_string()),
+            (keys::IMAGE_SIZE.into(), self.image_size.to_string()),
+            (keys::GRID.into(), format!("{grid}x{grid}")),
+            (keys::INPUT.into(), serde_json::to_string(&self.input).expect("plain struct serialises")),
+            (keys::ARCHITECTURE.into(), self.architecture.clone()),
+            (keys::SOURCE_SHA256.into(), self.source_sha256.clone()),
+            (keys::SOURCE.into(), self.source.clone()),
+        ]
+    }
+
+    pub fn from_props<'a>(props: impl IntoIterator<Item = (&'a str, &'a str)>) -> Result<Self, ContractError> {
+        let props: BTreeMap<&str, &str> = props.into_iter().collect();
+        let version = props.get(keys::FORMAT_VERSION).ok_or(ContractError::NotMedpatch)?;
+        if version.parse::<u32>().ok() != Some(FORMAT_VERSION) {
+            return Err(ContractError::UnsupportedVersion { found: version.to_string() });
+        }
+        let get = |key: &'static str| props.get(key).copied().ok_or(ContractError::Missing { key });
+        let invalid = |key: &'static str, value: &str, problem: String| ContractError::Invalid {
+            key,
+            value: value.to_string(),
+            problem,
+        };
+        let positive = |key: &'static str| -> Result<u32, ContractError> {
+            let value = get(key)?;
+            match value.parse::<u32>() {
+                Ok(v) if v > 0 => Ok(v),
+                _ => Err(invalid(key, value, "expected a positive integer".into())),
+            }
+        };
+        let classes_text = get(keys::CLASSES)?;
+        let classes: Vec<String> = serde_json::from_str(classes_text)
+            .map_err(|e| invalid(keys::CLASSES, classes_text, format!("expected a JSON list of names ({e})")))?;
+        if classes.is_empty() {
+            return Err(invalid(keys::CLASSES, classes_text, "no classes".into()));
+        }
+        let input_text = get(keys::INPUT)?;
+        let input: InputConvention = serde_json::from_str(input_text)
+            .map_err(|e| invalid(keys::INPUT, input_text, e.to_string()))?;
+        if input != InputConvention::default() {
+            return Err(invalid(
+                keys::INPUT,
+                input_text,
+                "this medpatch only implements the MedicalPatchNet convention (1 channel, [0,1], no normalisation, centre crop, antialiased bilinear)".into(),
+            ));
+        }
+        let patch_size = positive(keys::PATCH_SIZE)?;
+        let image_size = positive(keys::IMAGE_SIZE)?;
+        if image_size % patch_size != 0 {
+            return Err(invalid(
+                keys::PATCH_SIZE,
+                &patch_size.to_string(),
+                format!("the image size {image_size} is not a multiple of it"),
+            ));
+        }
+        let metadata = Self {
+            format_version: FORMAT_VERSION,
+            classes,
+            patch_size,
+            image_size,
+            input,
+            architecture: get(keys::ARCHITECTURE)?.to_string(),
+            source_sha256: props.get(keys::SOURCE_SHA256).unwrap_or(&"").to_string(),
+            source: props.get(keys::SOURCE).unwrap_or(&"").to_string(),
+        };
+        if let Some(grid) = props.get(keys::GRID) {
+            let expected = format!("{0}x{0}", metadata.grid());
+            if *grid != expected {
+                return Err(invalid(keys::GRID, grid, format!("patch and image size imply {expected}")));
+            }
+        }
+        Ok(metadata)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn props_round_trip() {
+        let mut m = ModelMetadata::new("efficientnet_v2_s", 64, 512, ModelMetadata::default_classes());
+        m.source_sha256 = "ab".repeat(32);
+        let props = m.to_props();
+        assert!(props.iter().any(|(k, v)| k == keys::GRID && v == "8x8"));
+        let back = ModelMetadata::from_props(props.iter().map(|(k, v)| (k.as_str(), v.as_str()))).unwrap();
+        assert_eq!(back, m);
+    }
+
+    #[test]
+    fn refuses_foreign_or_broken_metadata() {
+        let none: Vec<(&str, &str)> = vec![("producer", "pytorch")];
+        assert!(matches!(ModelMetadata::from_props(none), Err(ContractError::NotMedpatch)));
+        let m = ModelMetadata::new("x", 64, 512, ModelMetadata::default_classes());
+        let mut props = m.to_props();
+        props.retain(|(k, _)| k != keys::CLASSES);
+        let err = ModelMetadata::from_props(props.iter().map(|(k, v)| (k.as_str(), v.as_str()))).unwrap_err();
+        assert!(err.to_string().contains("medpatch.classes"), "{err}");
+        let mut props = m.to_props();
+        props.iter_mut().find(|(k, _)| k == keys::PATCH_SIZE).unwrap().1 = "60".into();
+        let err = ModelMetadata::from_props(props.iter().map(|(k, v)| (k.as_str(), v.as_str()))).unwrap_err();
+        assert!(err.to_string().contains("not a multiple"), "{err}");
+    }
+}

@@ -1,0 +1,9 @@
+//! The MedicalPatchNet model contract, shared by the exporter (which writes it), the engine (which
+//! reads it) and the trainer: the 14 CheXpert classes, the torchvision EfficientNetV2 architecture
+//! configs, and the ONNX metadata that makes an exported model self-describing.
+
+pub mod arch;
+pub mod contract;
+
+pub use arch::{ArchConfig, ArchError, BlockKind, BlockSpec, StageConfig};
+pub use contract::{ContractError, InputConvention, ModelMetadata, CHEXPERT_CLASSES};

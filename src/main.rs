@@ -1,0 +1,36 @@
+//! `medpatch`: MedicalPatchNet chest X-ray classification with built-in patch saliency.
+//!
+//! A thin front end over the `medpatch-engine` and `medpatch-exporter` libraries. Exit codes:
+//! 0 success, 1 some input or output failed (the others were still processed), 2 usage error.
+
+mod cli;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "medpatch", version, about = "MedicalPatchNet: self-explainable chest X-ray classification", long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Write the patch backbone to a self-describing ONNX file from trained weights.
+    Export(cli::export::ExportArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Export(args) => cli::export::run(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("medpatch: error: {err:#}");
+            cli::exit::failure()
+        }
+    }
+}

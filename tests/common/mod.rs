@@ -1,0 +1,98 @@
+//! Shared helpers for the workspace integration tests: where the repo, the real X-rays, the
+//! Python reference environment and ONNX Runtime are, and reading the references' `.npy` files.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// `../shared/data/cxr` beside the checkout (CI has it too).
+pub fn cxr_dir() -> PathBuf {
+    let dir = repo_root().join("../shared/data/cxr");
+    assert!(dir.is_dir(), "real X-rays not found at {}: the tests need ../shared beside the checkout", dir.display());
+    dir
+}
+
+pub fn nih_images() -> Vec<PathBuf> {
+    let mut images: Vec<PathBuf> = std::fs::read_dir(cxr_dir().join("nih/images"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "png"))
+        .collect();
+    images.sort();
+    images
+}
+
+/// The reference Python (torch, torchvision, onnx, onnxruntime), installed by scripts/setup.sh.
+pub fn python() -> PathBuf {
+    let path = std::env::var_os("MEDPATCH_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join(".venv/bin/python"));
+    assert!(path.exists(), "reference Python not found at {}: run scripts/setup.sh first", path.display());
+    path
+}
+
+/// The ONNX Runtime library from the pinned onnxruntime wheel in the venv (or ORT_DYLIB_PATH).
+pub fn ort_library() -> PathBuf {
+    if let Some(p) = std::env::var_os("ORT_DYLIB_PATH") {
+        return PathBuf::from(p);
+    }
+    let lib = repo_root().join(".venv/lib");
+    let found = std::fs::read_dir(&lib).ok().and_then(|entries| {
+        entries.filter_map(|e| e.ok()).find_map(|e| {
+            let capi = e.path().join("site-packages/onnxruntime/capi");
+            std::fs::read_dir(capi).ok()?.filter_map(|f| f.ok().map(|f| f.path())).find(|p| {
+                p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("libonnxruntime.so."))
+            })
+        })
+    });
+    found.unwrap_or_else(|| panic!("libonnxruntime.so not found under {}: run scripts/setup.sh first", lib.display()))
+}
+
+/// Run a script from tests/python with the reference Python; panics with its output on failure.
+pub fn run_python(script: &str, args: &[&str]) -> String {
+    let out = Command::new(python())
+        .arg(repo_root().join("tests/python").join(script))
+        .args(args)
+        .output()
+        .expect("cannot start the reference Python");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{script} failed:\n{text}");
+    text
+}
+
+/// A float32 little-endian C-order `.npy` (what numpy.save writes for our references).
+pub fn read_npy(path: &Path) -> (Vec<usize>, Vec<f32>) {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    assert!(bytes.starts_with(b"\x93NUMPY"), "{}: not a .npy file", path.display());
+    let (header_len, header_start) = match bytes[6] {
+        1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10),
+        _ => (u32::from_le_bytes(bytes[8..12].try_into().unwrap()) as usize, 12),
+    };
+    let header = std::str::from_utf8(&bytes[header_start..header_start + header_len]).unwrap();
+    assert!(header.contains("'descr': '<f4'") && header.contains("'fortran_order': False"), "{header}");
+    let shape_text = header.split("'shape': (").nth(1).unwrap().split(')').next().unwrap();
+    let shape: Vec<usize> = shape_text.split(',').filter(|s| !s.trim().is_empty()).map(|s| s.trim().parse().unwrap()).collect();
+    let data: Vec<f32> = bytes[header_start + header_len..]
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect();
+    assert_eq!(data.len(), shape.iter().product::<usize>());
+    (shape, data)
+}
+
+pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len(), "length mismatch");
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}
+
+/// A scratch directory under target/ that survives the test (for inspecting failures).
+pub fn scratch(name: &str) -> PathBuf {
+    let dir = repo_root().join("target/test-scratch").join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
