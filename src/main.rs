@@ -17,6 +17,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Classify chest X-rays (PNG, JPEG, DICOM) and explain each finding with patch saliency maps.
+    Predict(cli::predict::PredictArgs),
     /// Write the patch backbone to a self-describing ONNX file from trained weights.
     Export(cli::export::ExportArgs),
 }
@@ -24,6 +26,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Predict(args) => cli::predict::run(args),
         Command::Export(args) => cli::export::run(args),
     };
     match result {

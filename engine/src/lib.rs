@@ -5,11 +5,16 @@
 
 pub mod backend;
 pub mod decode;
+mod engine;
+pub mod explain;
 pub mod model;
 pub mod preprocess;
+pub mod render;
 pub mod tile;
 
 pub use backend::{BackendOptions, Provider, ProviderChoice};
+pub use engine::{DenseMap, Engine, EngineBuilder, ModelSource, Prediction, Timings, DEFAULT_MODEL_BYTES};
+pub use explain::MapKind;
 pub use model::{Model, ModelOrigin};
 
 /// Everything that can go wrong in the library. No panic crosses the library boundary.

@@ -19,8 +19,7 @@ use medpatch_models::contract::{INPUT_NAME, OUTPUT_NAME};
 use medpatch_models::{ArchConfig, ArchError, ModelMetadata};
 use onnx::Dim;
 use prost::Message;
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 pub use efficientnet::WeightProblems;
@@ -146,7 +145,8 @@ pub fn export(options: &ExportOptions) -> Result<ExportReport, ExportError> {
     );
     let nodes = model.graph.as_ref().map_or(0, |g| g.node.len());
     let bytes = model.encode_to_vec();
-    write_atomically(&options.output, &bytes)?;
+    medpatch_models::write_atomically(&options.output, &bytes)
+        .map_err(|source| ExportError::Write { path: options.output.display().to_string(), source })?;
     Ok(ExportReport {
         output: options.output.clone(),
         metadata,
@@ -157,17 +157,3 @@ pub fn export(options: &ExportOptions) -> Result<ExportReport, ExportError> {
     })
 }
 
-/// Write to a temporary file beside `path`, then rename: readers never see half a model, and a
-/// failure leaves nothing behind.
-pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), ExportError> {
-    let err = |source| ExportError::Write { path: path.display().to_string(), source };
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    let mut tmp = tempfile::Builder::new().prefix(".medpatch-").suffix(".part").tempfile_in(dir).map_err(err)?;
-    tmp.write_all(bytes).map_err(err)?;
-    tmp.as_file().sync_all().map_err(err)?;
-    tmp.persist(path).map_err(|e| err(e.error))?;
-    Ok(())
-}

@@ -4,6 +4,8 @@
 
 pub mod arch;
 pub mod contract;
+pub mod io;
 
 pub use arch::{ArchConfig, ArchError, BlockKind, BlockSpec, StageConfig};
 pub use contract::{ContractError, InputConvention, ModelMetadata, CHEXPERT_CLASSES};
+pub use io::write_atomically;

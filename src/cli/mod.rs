@@ -1,4 +1,11 @@
 pub mod export;
+pub mod inputs;
+pub mod predict;
+
+use anyhow::Result;
+use clap::Args;
+use medpatch_engine::{BackendOptions, Engine, ModelSource, ProviderChoice};
+use std::path::PathBuf;
 
 pub mod exit {
     use std::process::ExitCode;
@@ -9,5 +16,49 @@ pub mod exit {
     /// The command line itself is wrong (clap uses 2 as well).
     pub fn usage() -> ExitCode {
         ExitCode::from(2)
+    }
+}
+
+/// How to build the engine: shared by `predict` and `bench`.
+#[derive(Args, Clone)]
+pub struct EngineArgs {
+    /// An ONNX model written by `medpatch export` (default: the embedded demo model).
+    #[arg(long, value_name = "FILE.onnx")]
+    pub model: Option<PathBuf>,
+    /// auto tries tensorrt → cuda → cpu (ONNX Runtime) → tract and reports what it skipped.
+    #[arg(long, default_value = "auto", value_parser = ["auto", "tensorrt", "cuda", "cpu", "tract"])]
+    pub provider: String,
+    /// Intra-op threads (0: all cores).
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
+    /// Patches per backend call.
+    #[arg(long, default_value_t = 256)]
+    pub batch_size: usize,
+    /// ONNX Runtime library (libonnxruntime.so); default: $ORT_DYLIB_PATH, then beside medpatch.
+    #[arg(long, value_name = "PATH")]
+    pub ort_lib: Option<PathBuf>,
+    /// TensorRT: build fp16 engines.
+    #[arg(long)]
+    pub trt_fp16: bool,
+    /// TensorRT: cache built engines here (the first build takes minutes).
+    #[arg(long, value_name = "DIR")]
+    pub trt_cache: Option<PathBuf>,
+}
+
+impl EngineArgs {
+    pub fn build(&self) -> Result<Engine> {
+        let provider: ProviderChoice = self.provider.parse().map_err(anyhow::Error::msg)?;
+        let model = self.model.clone().map_or(ModelSource::Default, ModelSource::Path);
+        Ok(Engine::builder()
+            .model(model)
+            .provider(provider)
+            .batch_size(self.batch_size)
+            .backend_options(BackendOptions {
+                threads: self.threads,
+                ort_library: self.ort_lib.clone(),
+                tensorrt_fp16: self.trt_fp16,
+                tensorrt_cache: self.trt_cache.clone(),
+            })
+            .build()?)
     }
 }

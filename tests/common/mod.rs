@@ -96,3 +96,47 @@ pub fn scratch(name: &str) -> PathBuf {
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
+
+/// A torchvision MedicalPatchNet checkpoint (saved like the published one) and its reference
+/// outputs, made once per test binary by tests/python/make_export_reference.py.
+pub fn reference_checkpoint(arch: &str) -> PathBuf {
+    use std::collections::HashMap;
+    use std::sync::{Mutex, OnceLock};
+    static MADE: OnceLock<Mutex<HashMap<String, PathBuf>>> = OnceLock::new();
+    let mut made = MADE.get_or_init(Default::default).lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(dir) = made.get(arch) {
+        return dir.clone();
+    }
+    let dir = scratch(&format!("reference-{arch}-{}", std::process::id()));
+    let xray = nih_images()[0].clone();
+    run_python("make_export_reference.py", &["--arch", arch, "--xray", xray.to_str().unwrap(), "--out", dir.to_str().unwrap()]);
+    made.insert(arch.to_string(), dir.clone());
+    dir
+}
+
+/// Export a reference checkpoint with medpatch (patch size 64) and load it.
+pub fn exported_reference_model(arch: &str) -> (PathBuf, medpatch_engine::Model) {
+    let dir = reference_checkpoint(arch);
+    let out = dir.join(format!("{arch}.onnx"));
+    if !out.exists() {
+        let mut options = medpatch_exporter::ExportOptions::new(
+            medpatch_exporter::WeightsSource::File(dir.join("weights.pt")),
+            out.clone(),
+        );
+        options.arch = medpatch_models::ArchConfig::builtin(arch).unwrap();
+        medpatch_exporter::export(&options).unwrap();
+    }
+    let model = medpatch_engine::Model::from_path(&out).unwrap();
+    (dir, model)
+}
+
+/// Every real X-ray beside the checkout: NIH PNGs, pediatric JPEGs, the DICOM.
+pub fn all_real_xrays() -> Vec<PathBuf> {
+    let mut all = nih_images();
+    for sub in ["pediatric", "dicom"] {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(cxr_dir().join(sub)).unwrap().map(|e| e.unwrap().path()).collect();
+        files.sort();
+        all.extend(files);
+    }
+    all
+}

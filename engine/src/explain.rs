@@ -1,0 +1,202 @@
+//! Aggregation and saliency, natively: MedicalPatchNet's explanation *is* its patch logits.
+//!
+//! Layout conventions: patch logits are `[patches][classes]` with patches row-major
+//! (index = row · grid + col); maps are `[classes][side][side]` row-major.
+
+/// The image's logits: the mean of its patch logits (f64 accumulation). Completeness holds by
+/// construction: `image_logit[c] = Σ_i patch_logit[i][c] / n`.
+pub fn mean_logits(patch_logits: &[f32], classes: usize) -> Vec<f32> {
+    let n = patch_logits.len() / classes;
+    let mut sums = vec![0f64; classes];
+    for patch in patch_logits.chunks_exact(classes) {
+        for (s, &z) in sums.iter_mut().zip(patch) {
+            *s += z as f64;
+        }
+    }
+    sums.into_iter().map(|s| (s / n as f64) as f32).collect()
+}
+
+pub fn sigmoid(z: f32) -> f32 {
+    1.0 / (1.0 + (-z).exp())
+}
+
+/// Which saliency the maps show.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MapKind {
+    /// The patch logits themselves.
+    #[default]
+    Raw,
+    /// Patch logits times the sigmoid of the image logit: evidence weighted by the prediction.
+    Scaled,
+}
+
+/// Raw or scaled patch logits, `[patches][classes]`.
+pub fn patch_saliency(patch_logits: &[f32], image_logits: &[f32], kind: MapKind) -> Vec<f32> {
+    match kind {
+        MapKind::Raw => patch_logits.to_vec(),
+        MapKind::Scaled => {
+            let gates: Vec<f32> = image_logits.iter().map(|&z| sigmoid(z)).collect();
+            patch_logits
+                .chunks_exact(gates.len())
+                .flat_map(|patch| patch.iter().zip(&gates).map(|(z, g)| z * g))
+                .collect()
+        }
+    }
+}
+
+/// The coarse map: each of the `grid × grid` patch values upsampled nearest-neighbour to its
+/// `patch × patch` square. Returns `[classes][grid·patch][grid·patch]`.
+pub fn coarse_map(patch_values: &[f32], grid: usize, patch: usize, classes: usize) -> Vec<f32> {
+    let side = grid * patch;
+    let mut map = vec![0f32; classes * side * side];
+    for c in 0..classes {
+        let plane = &mut map[c * side * side..(c + 1) * side * side];
+        for y in 0..side {
+            let row = y / patch;
+            for (x, v) in plane[y * side..(y + 1) * side].iter_mut().enumerate() {
+                *v = patch_values[(row * grid + x / patch) * classes + c];
+            }
+        }
+    }
+    map
+}
+
+/// The seed's storage form: `(clip(map, −200, 200) + 200) / 400`, so 0.5 means logit 0.
+pub fn normalise(map: &[f32]) -> Vec<f32> {
+    map.iter().map(|&v| (v.clamp(-200.0, 200.0) + 200.0) / 400.0).collect()
+}
+
+/// Shift-steps allowed for the dense map: divisors of the patch size that are powers of two.
+pub fn valid_shift_steps(steps: usize, patch: usize) -> bool {
+    steps.is_power_of_two() && steps <= patch && patch % steps == 0
+}
+
+/// The shifts `(dr, dc)` of the dense map: `{−S/2 … S/2−1} × patch/S` on both axes, row-major.
+pub fn dense_shifts(steps: usize, patch: usize) -> Vec<(isize, isize)> {
+    let stride = (patch / steps) as isize;
+    let half = (steps / 2) as isize;
+    let offsets: Vec<isize> = (0..steps as isize).map(|k| (k - half) * stride).collect();
+    offsets.iter().flat_map(|&dr| offsets.iter().map(move |&dc| (dr, dc))).collect()
+}
+
+/// The image window seen at shift `(dr, dc)`: the image zero-padded by `patch/2`, cut at
+/// `(patch/2 + dr, patch/2 + dc)`, i.e. `window(y, x) = image(y + dr, x + dc)`, zero outside.
+pub fn shifted_window(image: &[f32], side: usize, dr: isize, dc: isize, out: &mut Vec<f32>) {
+    out.clear();
+    out.resize(side * side, 0.0);
+    let s = side as isize;
+    for y in 0..s {
+        let src_y = y + dr;
+        if !(0..s).contains(&src_y) {
+            continue;
+        }
+        let (x0, x1) = ((-dc).max(0), (s - dc).min(s));
+        if x0 >= x1 {
+            continue;
+        }
+        let dst = (y * s) as usize;
+        let src = (src_y * s) as usize;
+        out[dst + x0 as usize..dst + x1 as usize]
+            .copy_from_slice(&image[src + (x0 + dc) as usize..src + (x1 + dc) as usize]);
+    }
+}
+
+/// Accumulates the dense map shift by shift: the `grid × grid` patch values of the window at
+/// `(dr, dc)`, upsampled nearest, shifted back by `(−dr, −dc)` with zero fill, summed.
+pub struct DenseAccumulator {
+    side: usize,
+    grid: usize,
+    patch: usize,
+    classes: usize,
+    sum: Vec<f64>,
+    shifts: usize,
+}
+
+impl DenseAccumulator {
+    pub fn new(grid: usize, patch: usize, classes: usize) -> Self {
+        let side = grid * patch;
+        Self { side, grid, patch, classes, sum: vec![0.0; classes * side * side], shifts: 0 }
+    }
+
+    /// Add one shift's patch values (`[patches][classes]`). Each patch covers window rows
+    /// `[r·P, (r+1)·P)`, i.e. image rows `[r·P + dr, (r+1)·P + dr)`, clipped to the image.
+    pub fn add(&mut self, patch_values: &[f32], dr: isize, dc: isize) {
+        let (side, p) = (self.side as isize, self.patch as isize);
+        let plane = self.side * self.side;
+        for r in 0..self.grid {
+            let (y0, y1) = ((r as isize * p + dr).max(0), ((r as isize + 1) * p + dr).min(side));
+            for col in 0..self.grid {
+                let (x0, x1) = ((col as isize * p + dc).max(0), ((col as isize + 1) * p + dc).min(side));
+                if y0 >= y1 || x0 >= x1 {
+                    continue;
+                }
+                let values = &patch_values[(r * self.grid + col) * self.classes..][..self.classes];
+                for (c, &v) in values.iter().enumerate() {
+                    let base = c * plane;
+                    for y in y0..y1 {
+                        let row = base + y as usize * self.side;
+                        for cell in &mut self.sum[row + x0 as usize..row + x1 as usize] {
+                            *cell += v as f64;
+                        }
+                    }
+                }
+            }
+        }
+        self.shifts += 1;
+    }
+
+    /// The sum divided by S² (the number of shifts added): `[classes][side][side]`.
+    pub fn finish(self) -> Vec<f32> {
+        let n = self.shifts.max(1) as f64;
+        self.sum.into_iter().map(|s| (s / n) as f32).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mean_is_complete() {
+        let z = [1.0, -2.0, 3.0, 4.0, 5.0, 0.0];
+        assert_eq!(mean_logits(&z, 2), vec![3.0, 2.0 / 3.0]);
+    }
+
+    #[test]
+    fn scaled_multiplies_by_the_image_probability() {
+        let patch = [2.0, -4.0, 0.0, 0.0];
+        let image = mean_logits(&patch, 2);
+        let scaled = patch_saliency(&patch, &image, MapKind::Scaled);
+        assert!((scaled[0] - 2.0 * sigmoid(1.0)).abs() < 1e-7);
+        assert!((scaled[1] + 4.0 * sigmoid(-2.0)).abs() < 1e-7);
+    }
+
+    #[test]
+    fn coarse_map_is_nearest_upsampling() {
+        // 2×2 grid, 2 classes, patch 3.
+        let values = [1.0, 10.0, 2.0, 20.0, 3.0, 30.0, 4.0, 40.0];
+        let map = coarse_map(&values, 2, 3, 2);
+        assert_eq!(map.len(), 2 * 36);
+        assert_eq!((map[0], map[5], map[6 * 3], map[35]), (1.0, 2.0, 3.0, 4.0));
+        assert_eq!(map[36 + 35], 40.0);
+    }
+
+    #[test]
+    fn shifts_follow_the_paper() {
+        assert_eq!(dense_shifts(1, 64), vec![(0, 0)]);
+        assert_eq!(dense_shifts(2, 64), vec![(-32, -32), (-32, 0), (0, -32), (0, 0)]);
+        let s64 = dense_shifts(64, 64);
+        assert_eq!((s64.len(), s64[0], s64[4095]), (4096, (-32, -32), (31, 31)));
+        assert!(valid_shift_steps(8, 64) && !valid_shift_steps(3, 64) && !valid_shift_steps(128, 64));
+    }
+
+    #[test]
+    fn shifted_window_zero_fills() {
+        let image: Vec<f32> = (1..=9).map(|v| v as f32).collect(); // 3×3
+        let mut w = Vec::new();
+        shifted_window(&image, 3, 1, -1, &mut w);
+        assert_eq!(w, vec![0.0, 4.0, 5.0, 0.0, 7.0, 8.0, 0.0, 0.0, 0.0]);
+        assert!(normalise(&[-500.0, 0.0, 100.0]) == vec![0.0, 0.5, 0.75]);
+    }
+}

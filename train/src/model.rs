@@ -1,0 +1,318 @@
+//! MedicalPatchNet in libtorch (tch): torchvision's EfficientNetV2 with the seed's 1-channel stem
+//! and N-class head, built from [`ArchConfig::blocks`] — the same block list the ONNX exporter
+//! builds from — and with torchvision's module names, so that
+//!
+//! * a torchvision `efficientnet_v2_s` state dict (or the published MedicalPatchNet checkpoint,
+//!   prefixes stripped) loads one to one ([`load_weights`]), and
+//! * what we save (`features.0.0.weight`, `features.4.0.block.2.fc1.weight`, `classifier.1.bias`,
+//!   …) is read by `medpatch export` unchanged.
+//!
+//! Module layout, as torchvision's `efficientnet.py`:
+//!
+//! ```text
+//! features.0                      Conv2dNormActivation: conv 3×3 s2 (in → stem) + BN + SiLU
+//! features.{s}.{i}.block.*        FusedMBConv: [.0 conv k×k + BN + SiLU] (+ [.1 conv 1×1 + BN] if expanding)
+//!                                 MBConv:      [.0 conv 1×1 + BN + SiLU if expanding], depthwise k×k + BN + SiLU,
+//!                                              SqueezeExcitation (fc1, SiLU, fc2, sigmoid), conv 1×1 + BN
+//! features.{n+1}                  conv 1×1 (last → head) + BN + SiLU
+//! avgpool, flatten, classifier.0  Dropout(p), classifier.1 Linear(head → classes)
+//! ```
+//!
+//! Residual blocks add their input back after stochastic depth (torchvision's "row" mode: one
+//! Bernoulli(1 − p) draw per sample, scaled by 1/(1 − p), training only). Batch norm: eps from the
+//! config (1e-3), momentum 0.1 in torch's convention (running = 0.9·running + 0.1·batch).
+
+use medpatch_exporter::weights::Weights;
+use medpatch_models::{ArchConfig, BlockKind};
+use std::collections::{BTreeMap, BTreeSet};
+use tch::nn::{self, Init, ModuleT};
+use tch::{Kind, Tensor};
+
+/// torchvision `Conv2dNormActivation`: conv (no bias) at `{module}.0`, batch norm at `{module}.1`,
+/// SiLU unless it is a projection.
+#[derive(Debug)]
+struct ConvBn {
+    conv: nn::Conv2D,
+    bn: nn::BatchNorm,
+    silu: bool,
+}
+
+impl ConvBn {
+    #[allow(clippy::too_many_arguments)]
+    fn new(module: nn::Path, cin: i64, cout: i64, kernel: i64, stride: i64, groups: i64, silu: bool, arch: &ArchConfig) -> Self {
+        let conv = nn::conv2d(
+            &module / "0",
+            cin,
+            cout,
+            kernel,
+            nn::ConvConfig { stride, padding: (kernel - 1) / 2, groups, bias: false, ws_init: KAIMING_FAN_OUT, ..Default::default() },
+        );
+        let bn = nn::batch_norm2d(
+            &module / "1",
+            cout,
+            nn::BatchNormConfig {
+                eps: arch.bn_eps as f64,
+                momentum: arch.bn_momentum as f64,
+                ws_init: Init::Const(1.0),
+                bs_init: Init::Const(0.0),
+                ..Default::default()
+            },
+        );
+        Self { conv, bn, silu }
+    }
+
+    fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
+        let y = x.apply(&self.conv).apply_t(&self.bn, train);
+        if self.silu { y.silu() } else { y }
+    }
+}
+
+/// torchvision `SqueezeExcitation`: x · σ(fc2(SiLU(fc1(avgpool(x))))), fc1/fc2 1×1 convs with bias.
+#[derive(Debug)]
+struct SqueezeExcitation {
+    fc1: nn::Conv2D,
+    fc2: nn::Conv2D,
+}
+
+impl SqueezeExcitation {
+    fn new(module: nn::Path, channels: i64, squeeze: i64) -> Self {
+        let config = nn::ConvConfig { ws_init: KAIMING_FAN_OUT, bs_init: Init::Const(0.0), ..Default::default() };
+        Self { fc1: nn::conv2d(&module / "fc1", channels, squeeze, 1, config), fc2: nn::conv2d(&module / "fc2", squeeze, channels, 1, config) }
+    }
+
+    fn forward(&self, x: &Tensor) -> Tensor {
+        let scale = x.adaptive_avg_pool2d([1, 1]).apply(&self.fc1).silu().apply(&self.fc2).sigmoid();
+        x * scale
+    }
+}
+
+#[derive(Debug)]
+enum Layer {
+    ConvBn(ConvBn),
+    Se(SqueezeExcitation),
+}
+
+/// One `features.{stage}.{index}` block (FusedMBConv or MBConv): its `block.*` layers in order.
+#[derive(Debug)]
+struct Block {
+    layers: Vec<Layer>,
+    residual: bool,
+    stochastic_depth: f64,
+}
+
+impl Block {
+    fn forward_t(&self, x: &Tensor, train: bool, stochastic_depth: bool) -> Tensor {
+        let mut y = x.shallow_clone();
+        for layer in &self.layers {
+            y = match layer {
+                Layer::ConvBn(c) => c.forward_t(&y, train),
+                Layer::Se(se) => se.forward(&y),
+            };
+        }
+        if !self.residual {
+            return y;
+        }
+        let p = self.stochastic_depth;
+        if train && stochastic_depth && p > 0.0 {
+            // torchvision.ops.stochastic_depth(mode="row"): keep each sample with probability 1 − p.
+            let survival = 1.0 - p;
+            let size = y.size();
+            let mut shape = vec![size[0]];
+            shape.extend(std::iter::repeat_n(1, size.len() - 1));
+            let noise = Tensor::empty(&shape, (y.kind(), y.device())).bernoulli_float_(survival);
+            y = y * (noise / survival);
+        }
+        y + x
+    }
+}
+
+/// torchvision `kaiming_normal_(mode="fan_out")` (ReLU gain) for convolutions.
+const KAIMING_FAN_OUT: Init = Init::Kaiming {
+    dist: nn::init::NormalOrUniform::Normal,
+    fan: nn::init::FanInOut::FanOut,
+    non_linearity: nn::init::NonLinearity::ReLU,
+};
+
+/// The patch backbone: torchvision `EfficientNet` with the seed's stem and head.
+#[derive(Debug)]
+pub struct Backbone {
+    stem: ConvBn,
+    blocks: Vec<Block>,
+    head: ConvBn,
+    classifier: nn::Linear,
+    pub num_classes: i64,
+    /// `classifier.0` dropout probability during training (torchvision: the config's 0.2).
+    pub dropout: f64,
+    /// Whether stochastic depth is applied during training (its per-block rates come from the config).
+    pub stochastic_depth: bool,
+}
+
+impl Backbone {
+    /// Variables are created under `vs` with torchvision's names. Initialisation is the seed's
+    /// from-scratch one: torchvision's (conv Kaiming-normal fan-out, BN 1/0, linear uniform
+    /// ±1/√out) except the two modules the seed replaces after building torchvision's model — the
+    /// stem conv and `classifier.1` — which keep PyTorch's default `Conv2d`/`Linear` init
+    /// (uniform ±1/√fan_in, bias too for the linear).
+    pub fn new(vs: &nn::Path, arch: &ArchConfig, num_classes: i64) -> Self {
+        let features = vs / "features";
+        let (cin, stem_ch) = (arch.in_channels as i64, arch.stem_channels as i64);
+        let mut stem = ConvBn::new(&features / "0", cin, stem_ch, 3, 2, 1, true, arch);
+        // The seed's `nn.Conv2d(1, 24, 3, 2, 1, bias=False)`: kaiming_uniform(a=√5) = U(±1/√fan_in).
+        tch::no_grad(|| {
+            let bound = 1.0 / ((cin * 9) as f64).sqrt();
+            let _ = stem.conv.ws.uniform_(-bound, bound);
+        });
+
+        let mut blocks = Vec::new();
+        for spec in arch.blocks() {
+            let (i, e, o, k, s) = (
+                spec.in_channels as i64,
+                spec.expanded_channels as i64,
+                spec.out_channels as i64,
+                spec.kernel as i64,
+                spec.stride as i64,
+            );
+            // `features.4.0` → vs / "features" / "4" / "0"
+            let module = spec.prefix.split('.').fold(vs.clone(), |path, part| path / part);
+            let block = &module / "block";
+            let mut index = 0;
+            let mut next = || {
+                let p = &block / index;
+                index += 1;
+                p
+            };
+            let mut layers = Vec::new();
+            match spec.kind {
+                BlockKind::FusedMbconv if spec.expands() => {
+                    layers.push(Layer::ConvBn(ConvBn::new(next(), i, e, k, s, 1, true, arch)));
+                    layers.push(Layer::ConvBn(ConvBn::new(next(), e, o, 1, 1, 1, false, arch)));
+                }
+                BlockKind::FusedMbconv => layers.push(Layer::ConvBn(ConvBn::new(next(), i, o, k, s, 1, true, arch))),
+                BlockKind::Mbconv => {
+                    if spec.expands() {
+                        layers.push(Layer::ConvBn(ConvBn::new(next(), i, e, 1, 1, 1, true, arch)));
+                    }
+                    layers.push(Layer::ConvBn(ConvBn::new(next(), e, e, k, s, e, true, arch)));
+                    layers.push(Layer::Se(SqueezeExcitation::new(next(), e, spec.se_channels as i64)));
+                    layers.push(Layer::ConvBn(ConvBn::new(next(), e, o, 1, 1, 1, false, arch)));
+                }
+            }
+            blocks.push(Block { layers, residual: spec.residual, stochastic_depth: spec.stochastic_depth as f64 });
+        }
+        let head_ch = arch.head_channels as i64;
+        let head = ConvBn::new(&features / arch.head_feature_index(), arch.last_stage_channels() as i64, head_ch, 1, 1, 1, true, arch);
+        // The seed's `nn.Linear(1280, 14)`: weight and bias U(±1/√in).
+        let bound = 1.0 / (head_ch as f64).sqrt();
+        let classifier = nn::linear(
+            vs / "classifier" / "1",
+            head_ch,
+            num_classes,
+            nn::LinearConfig { ws_init: Init::Uniform { lo: -bound, up: bound }, bs_init: Some(Init::Uniform { lo: -bound, up: bound }), bias: true },
+        );
+        Self { stem, blocks, head, classifier, num_classes, dropout: arch.dropout as f64, stochastic_depth: true }
+    }
+
+    /// Turn dropout and stochastic depth off (for exact comparisons of training steps).
+    pub fn without_regularization(mut self) -> Self {
+        self.dropout = 0.0;
+        self.stochastic_depth = false;
+        self
+    }
+}
+
+impl ModuleT for Backbone {
+    /// `[N, in, P, P]` patches → `[N, classes]` logits.
+    fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
+        let mut y = self.stem.forward_t(x, train);
+        for block in &self.blocks {
+            y = block.forward_t(&y, train, self.stochastic_depth);
+        }
+        let y = self.head.forward_t(&y, train).adaptive_avg_pool2d([1, 1]).flatten(1, -1);
+        y.dropout(self.dropout, train).apply(&self.classifier)
+    }
+}
+
+/// MedicalPatchNet: tile the image into non-overlapping `patch_size` patches (row-major, exactly
+/// as `unfold(2, p, p).unfold(3, p, p)`), run the backbone on all patches of the batch in one
+/// call, average the patch logits. `patch_size` = image size gives the EfficientNetV2-S baseline.
+#[derive(Debug)]
+pub struct MedicalPatchNet {
+    pub backbone: Backbone,
+    pub patch_size: i64,
+}
+
+impl MedicalPatchNet {
+    /// `[B, C, H, W]` → `[B·rows·cols, C, p, p]`, patch index = row·cols + col.
+    pub fn tile(x: &Tensor, p: i64) -> Tensor {
+        let (b, c, h, w) = x.size4().expect("images must be [B, C, H, W]");
+        assert!(h % p == 0 && w % p == 0, "image {h}×{w} is not a multiple of the patch size {p}");
+        let (rows, cols) = (h / p, w / p);
+        x.reshape([b, c, rows, p, cols, p]).permute([0, 2, 4, 1, 3, 5]).reshape([b * rows * cols, c, p, p])
+    }
+
+    /// `[B, C, H, W]` → `[B, patches, classes]` per-patch logits (the raw saliency).
+    pub fn patch_logits(&self, x: &Tensor, train: bool) -> Tensor {
+        let b = x.size()[0];
+        let patches = Self::tile(x, self.patch_size);
+        self.backbone.forward_t(&patches, train).reshape([b, -1, self.backbone.num_classes])
+    }
+}
+
+impl ModuleT for MedicalPatchNet {
+    /// `[B, C, H, W]` → `[B, classes]`: the mean of the patch logits (sigmoid only outside).
+    fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
+        self.patch_logits(x, train).mean_dim(1, false, Kind::Float)
+    }
+}
+
+/// What [`load_weights`] did.
+#[derive(Debug, Default)]
+pub struct LoadReport {
+    pub loaded: usize,
+    /// Tensors of the file that the model has no place for (num_batches_tracked is never listed).
+    pub unexpected: Vec<String>,
+    /// Model variables the file lacks (they keep their initialisation).
+    pub missing: Vec<String>,
+    /// (name, model shape, file shape): kept at their initialisation.
+    pub wrong_shape: Vec<(String, Vec<i64>, Vec<i64>)>,
+}
+
+impl LoadReport {
+    pub fn is_exact(&self) -> bool {
+        self.unexpected.is_empty() && self.missing.is_empty() && self.wrong_shape.is_empty()
+    }
+}
+
+/// Copy named tensors (torchvision names, prefixes already stripped by the reader) into the
+/// variable store. Nothing is loaded into a variable whose shape differs; the caller decides
+/// whether a [`LoadReport`] is acceptable (exact for checkpoints; for an ImageNet init the stem
+/// and classifier are expected to differ and are replaced, as the seed replaces them).
+pub fn load_weights(vs: &nn::VarStore, weights: &Weights) -> LoadReport {
+    let mut report = LoadReport::default();
+    let vars = vs.variables();
+    let mut seen = BTreeSet::new();
+    tch::no_grad(|| {
+        for (name, tensor) in &weights.tensors {
+            if name.ends_with("num_batches_tracked") {
+                continue;
+            }
+            let Some(var) = vars.get(name) else {
+                report.unexpected.push(name.clone());
+                continue;
+            };
+            seen.insert(name.clone());
+            let shape: Vec<i64> = tensor.shape.iter().map(|&d| d as i64).collect();
+            if var.size() != shape {
+                report.wrong_shape.push((name.clone(), var.size(), shape));
+                continue;
+            }
+            let src = Tensor::from_slice(&tensor.data).reshape(&shape).to_device(var.device()).to_kind(var.kind());
+            let mut var = var.shallow_clone();
+            var.copy_(&src);
+            report.loaded += 1;
+        }
+    });
+    let all: BTreeMap<_, _> = vars.into_iter().collect();
+    report.missing = all.keys().filter(|k| !seen.contains(*k)).cloned().collect();
+    report
+}
