@@ -21,6 +21,8 @@ enum Command {
     Predict(cli::predict::PredictArgs),
     /// Write the patch backbone to a self-describing ONNX file from trained weights.
     Export(cli::export::ExportArgs),
+    /// Time every backend side by side on one model, with the pipeline split and peak memory.
+    Bench(cli::bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -28,6 +30,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Predict(args) => cli::predict::run(args),
         Command::Export(args) => cli::export::run(args),
+        Command::Bench(args) => cli::bench::run(args),
     };
     match result {
         Ok(code) => code,
