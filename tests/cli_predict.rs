@@ -155,6 +155,18 @@ fn models_without_metadata_or_with_the_wrong_input_are_refused() {
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr.contains("expected [N, C, 32, 32]"), "{stderr}");
 
+    // A model whose outputs are not finite: each image fails with a clear error, exit 1.
+    let mut broken = model.clone();
+    let graph = broken.graph.as_mut().unwrap();
+    let bias = graph.initializer.iter_mut().find(|t| t.name == "classifier.1.bias").unwrap();
+    bias.raw_data = f32::NAN.to_le_bytes().repeat(14);
+    let broken_path = dir.join("nan.onnx");
+    std::fs::write(&broken_path, broken.encode_to_vec()).unwrap();
+    let out = medpatch(&["predict", "--model", broken_path.to_str().unwrap(), "assets/00001369_000.png"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr.contains("00001369_000.png") && stderr.contains("non-finite logit"), "{stderr}");
+
     let out = medpatch(&["predict", "--model", "assets/00001369_000.png", "assets/00001369_000.png"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("not an ONNX model"));
 }

@@ -91,7 +91,7 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
         }
         times.sort();
         let (median, min) = (times[times.len() / 2], times[0]);
-        rows.push(Row { name: format!("{} ({})", provider, provider.describe()), median, min, peak_rss_mb: None });
+        rows.push(Row { name: format!("{provider}: {}", provider.describe()), median, min, peak_rss_mb: None });
         if split.is_none() {
             // Whole pipeline on real files: where the time goes outside the backend.
             let mut total = Timings::default();
@@ -187,7 +187,7 @@ fn torch_reference(args: &BenchArgs, weights: &PathBuf, threads: usize, image: &
     let v: serde_json::Value = serde_json::from_slice(out.stdout.trim_ascii())?;
     let d = |k: &str| Duration::from_secs_f64(v[k].as_f64().unwrap_or(f64::NAN) / 1e3);
     Ok(Row {
-        name: format!("pytorch eager CPU (torch {})", v["torch"].as_str().unwrap_or("?")),
+        name: format!("pytorch: eager CPU, torch {}", v["torch"].as_str().unwrap_or("?")),
         median: d("median_ms"),
         min: d("min_ms"),
         peak_rss_mb: v["peak_rss_mb"].as_f64(),
