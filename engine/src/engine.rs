@@ -15,6 +15,7 @@ pub const DEFAULT_MODEL_BYTES: &[u8] = include_bytes!("../../models/default/medp
 
 /// Where the engine gets its model.
 #[derive(Debug, Clone, Default)]
+#[allow(clippy::large_enum_variant)] // built once per engine
 pub enum ModelSource {
     /// The embedded demo model.
     #[default]

@@ -69,7 +69,7 @@ pub fn normalise(map: &[f32]) -> Vec<f32> {
 
 /// Shift-steps allowed for the dense map: divisors of the patch size that are powers of two.
 pub fn valid_shift_steps(steps: usize, patch: usize) -> bool {
-    steps.is_power_of_two() && steps <= patch && patch % steps == 0
+    steps.is_power_of_two() && steps <= patch && patch.is_multiple_of(steps)
 }
 
 /// The shifts `(dr, dc)` of the dense map: `{−S/2 … S/2−1} × patch/S` on both axes, row-major.

@@ -86,7 +86,7 @@ pub enum ExportError {
 pub fn export(options: &ExportOptions) -> Result<ExportReport, ExportError> {
     let started = Instant::now();
     let p = options.patch_size;
-    if p == 0 || options.image_size % p != 0 {
+    if p == 0 || !options.image_size.is_multiple_of(p) {
         return Err(ExportError::Options(format!(
             "patch size {p} must divide the image size {}",
             options.image_size

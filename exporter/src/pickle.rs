@@ -132,7 +132,7 @@ impl Machine<'_> {
 
     fn set_items(&mut self, items: Vec<Value>) -> Result<(), PickleError> {
         let pos = self.pos;
-        if items.len() % 2 != 0 {
+        if !items.len().is_multiple_of(2) {
             return Err(self.malformed_at(pos, "odd number of dict items"));
         }
         match self.top()? {
@@ -354,7 +354,7 @@ mod tests {
     fn truncated_and_garbage_are_errors_not_panics() {
         assert!(matches!(parse(&[0x80, 2, b'X', 10, 0, 0, 0, b'a']), Err(PickleError::Truncated(_))));
         assert!(matches!(parse(&[0xff]), Err(PickleError::UnsupportedOpcode { op: 0xff, .. })));
-        assert!(parse(&[b't']).is_err());
+        assert!(parse(b"t").is_err());
         assert!(parse(&[b'h', 9]).is_err());
         assert!(parse(&[]).is_err());
     }

@@ -151,10 +151,10 @@ fn torch_zip(bytes: &[u8]) -> Result<Vec<(String, Tensor)>, String> {
         file.read_to_end(&mut out).map_err(|e| format!("cannot read zip entry {name}: {e}"))?;
         Ok(out)
     };
-    if let Ok(order) = read_entry(&format!("{prefix}byteorder")) {
-        if order != b"little" {
-            return Err(format!("storages are {} endian; only little endian is supported", String::from_utf8_lossy(&order)));
-        }
+    if let Ok(order) = read_entry(&format!("{prefix}byteorder"))
+        && order != b"little"
+    {
+        return Err(format!("storages are {} endian; only little endian is supported", String::from_utf8_lossy(&order)));
     }
     let root = pickle::parse(&read_entry(&pickle_name)?).map_err(|e| format!("data.pkl: {e}"))?;
     let entries = match root {

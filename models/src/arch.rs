@@ -157,7 +157,7 @@ impl ArchConfig {
         if !(0.0..1.0).contains(&self.dropout) || !(0.0..1.0).contains(&self.stochastic_depth) {
             return Err("dropout and stochastic_depth must be in [0, 1)".into());
         }
-        if !(self.bn_eps > 0.0) {
+        if self.bn_eps.is_nan() || self.bn_eps <= 0.0 {
             return Err("bn_eps must be positive".into());
         }
         Ok(())

@@ -46,7 +46,16 @@ struct Row {
 }
 
 pub fn run(args: BenchArgs) -> Result<ExitCode> {
-    let images = if args.images.is_empty() { vec![PathBuf::from("assets/00001369_000.png")] } else { args.images.clone() };
+    let images = if args.images.is_empty() {
+        // The X-ray bundled with the source tree.
+        let bundled = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("assets/00001369_000.png");
+        if !bundled.exists() {
+            bail!("no X-ray to time: pass --image FILE");
+        }
+        vec![bundled]
+    } else {
+        args.images.clone()
+    };
     let threads = if args.engine.threads == 0 {
         std::thread::available_parallelism().map_or(1, |n| n.get())
     } else {
@@ -168,7 +177,7 @@ fn peak_rss_mb() -> Option<f64> {
     Some(kb / 1024.0)
 }
 
-fn torch_reference(args: &BenchArgs, weights: &PathBuf, threads: usize, image: &GrayImage) -> Result<Row> {
+fn torch_reference(args: &BenchArgs, weights: &std::path::Path, threads: usize, image: &GrayImage) -> Result<Row> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let python = args.python.clone().unwrap_or_else(|| root.join(".venv/bin/python"));
     let dir = tempfile::tempdir()?;

@@ -56,20 +56,23 @@ enum MapChoice {
 }
 
 pub fn run(args: PredictArgs) -> Result<ExitCode> {
-    if let Some(s) = args.shift_steps {
-        if !explain::valid_shift_steps(s, 64) {
-            eprintln!("medpatch: error: --shift-steps must be one of 1, 2, 4, 8, 16, 32, 64 (got {s})");
-            return Ok(exit::usage());
-        }
-    }
     let (files, mut failures) = inputs::collect(&args.inputs);
     let total = files.len() + failures.len();
     for (path, problem) in &failures {
         eprintln!("medpatch: error: {}: {problem}", path.display());
     }
     let engine = args.engine.build()?;
-    report_engine(&engine);
     let model = engine.model();
+    if let Some(s) = args.shift_steps
+        && !explain::valid_shift_steps(s, model.patch_size())
+    {
+        eprintln!(
+            "medpatch: error: --shift-steps must be a power of two from 1 to the patch size {} (got {s})",
+            model.patch_size()
+        );
+        return Ok(exit::usage());
+    }
+    report_engine(&engine);
     let classes = &model.metadata.classes;
     let map_kind = match args.map {
         MapChoice::Raw => MapKind::Raw,
