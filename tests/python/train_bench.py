@@ -38,21 +38,32 @@ def main() -> None:
     x = torch.rand(args.batch, 1, args.image_size, args.image_size, device=device)
     y = (torch.rand(args.batch, 14, device=device) > 0.7).float()
     patches = args.batch * (args.image_size // args.patch_size) ** 2
-    times = []
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    times = []  # (whole step, forward + loss, backward, optimizer)
     for i in range(args.warmup + args.steps):
-        t = time.perf_counter()
+        t0 = time.perf_counter()
         optimizer.zero_grad()
         with torch.autocast(device.type, enabled=args.amp):
             logits = model(x)
         loss = loss_fn(logits.float(), y)
+        sync()
+        t1 = time.perf_counter()
         loss.backward()
+        sync()
+        t2 = time.perf_counter()
         optimizer.step()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+        sync()
+        t3 = time.perf_counter()
         if i >= args.warmup:
-            times.append(time.perf_counter() - t)
-    times.sort()
-    median = times[len(times) // 2]
+            times.append((t3 - t0, t1 - t0, t2 - t1, t3 - t2))
+
+    def med(k: int) -> float:
+        return sorted(t[k] for t in times)[len(times) // 2]
+
+    median = med(0)
     print(json.dumps({
         "impl": "pytorch",
         "arch": args.arch,
@@ -64,6 +75,9 @@ def main() -> None:
         "amp": args.amp,
         "median_step_s": median,
         "patches_per_s": patches / median,
+        "forward_s": med(1),
+        "backward_s": med(2),
+        "optimizer_s": med(3),
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "peak_cuda_mib": torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else None,
     }))

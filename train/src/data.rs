@@ -38,7 +38,7 @@ pub fn parse_label(text: &str) -> Result<f32> {
         "1.0" | "1" => Ok(1.0),
         "0.0" | "0" | "-1.0" | "-1" | "" => Ok(0.0),
         other => match other.parse::<f64>() {
-            Ok(v) if v == 1.0 => Ok(1.0),
+            Ok(1.0) => Ok(1.0),
             Ok(v) if v == 0.0 || v == -1.0 => Ok(0.0),
             _ => bail!("invalid label '{other}' (expected 1.0, 0.0, -1.0 or blank)"),
         },
@@ -145,11 +145,11 @@ pub fn preprocess_dataset(csvs: &[PathBuf], src_root: &Path, dst_root: &Path, si
                     break;
                 }
                 let (src, dst) = (src_root.join(&paths[i]), dst_root.join(&paths[i]));
-                if overwrite || !dst.exists() {
-                    if let Err(e) = preprocess_file(&src, &dst, side) {
-                        *error.lock().unwrap() = Some(e);
-                        break;
-                    }
+                if (overwrite || !dst.exists())
+                    && let Err(e) = preprocess_file(&src, &dst, side)
+                {
+                    *error.lock().unwrap() = Some(e);
+                    break;
                 }
                 progress(done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1, paths.len());
             });

@@ -136,8 +136,18 @@ struct TrainArgs {
     /// Resume from a checkpoint JSON (e.g. OUT/last.json).
     #[arg(long)]
     resume: Option<PathBuf>,
+    /// Use only the first N training records.
     #[arg(long)]
     limit_train: Option<usize>,
+    /// Stop after this epoch (resumable), to train in several sittings.
+    #[arg(long)]
+    stop_after_epoch: Option<u64>,
+    /// Override the architecture's dropout rate (classifier.0) for training.
+    #[arg(long)]
+    dropout: Option<f32>,
+    /// Override the architecture's stochastic-depth rate for training.
+    #[arg(long)]
+    stochastic_depth: Option<f32>,
     #[arg(long)]
     no_progress: bool,
 }
@@ -296,6 +306,9 @@ fn train_cmd(a: TrainArgs) -> Result<()> {
         init: a.init,
         resume: a.resume,
         limit_train: a.limit_train,
+        stop_after_epoch: a.stop_after_epoch,
+        dropout: a.dropout,
+        stochastic_depth: a.stochastic_depth,
         progress: !a.no_progress,
     };
     let last = trainer::train(&opts, &mut |line| eprintln!("{line}"))?;
@@ -355,23 +368,35 @@ fn bench_cmd(a: BenchArgs) -> Result<()> {
     let x = tch::Tensor::rand([a.batch, 1, a.image_size, a.image_size], (tch::Kind::Float, device));
     let y = tch::Tensor::rand([a.batch, 14], (tch::Kind::Float, device)).gt(0.7).to_kind(tch::Kind::Float);
     let patches = a.batch * (a.image_size / a.patch_size).pow(2);
-    let mut times = Vec::new();
-    for i in 0..a.warmup + a.steps {
-        let t = std::time::Instant::now();
-        opt.zero_grad();
-        let logits = tch::autocast(a.amp, || net.forward_t(&x, true)).to_kind(tch::Kind::Float);
-        let loss = logits.binary_cross_entropy_with_logits::<tch::Tensor>(&y, None, None, tch::Reduction::Mean);
-        loss.backward();
-        opt.step();
+    let sync = || {
         if device.is_cuda() {
             tch::Cuda::synchronize(0);
         }
+    };
+    // (whole step, forward + loss, backward, optimizer) per timed step.
+    let mut times: Vec<[f64; 4]> = Vec::new();
+    for i in 0..a.warmup + a.steps {
+        let t0 = std::time::Instant::now();
+        let logits = trainer::with_autocast(a.amp, || net.forward_t(&x, true)).to_kind(tch::Kind::Float);
+        let loss = logits.binary_cross_entropy_with_logits::<tch::Tensor>(&y, None, None, tch::Reduction::Mean);
+        sync();
+        let t1 = std::time::Instant::now();
+        let grad = opt.gradients(&loss);
+        sync();
+        let t2 = std::time::Instant::now();
+        opt.step(&grad);
+        sync();
+        let t3 = std::time::Instant::now();
         if i >= a.warmup {
-            times.push(t.elapsed().as_secs_f64());
+            times.push([(t3 - t0).as_secs_f64(), (t1 - t0).as_secs_f64(), (t2 - t1).as_secs_f64(), (t3 - t2).as_secs_f64()]);
         }
     }
-    times.sort_by(f64::total_cmp);
-    let median = times[times.len() / 2];
+    let median = |k: usize| {
+        let mut v: Vec<f64> = times.iter().map(|t| t[k]).collect();
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (median, fwd, bwd, step) = (median(0), median(1), median(2), median(3));
     let out = serde_json::json!({
         "impl": "tch",
         "arch": arch.name,
@@ -383,6 +408,9 @@ fn bench_cmd(a: BenchArgs) -> Result<()> {
         "amp": a.amp,
         "median_step_s": median,
         "patches_per_s": patches as f64 / median,
+        "forward_s": fwd,
+        "backward_s": bwd,
+        "optimizer_s": step,
         "peak_rss_mib": peak_rss_mib(),
         "peak_cuda_mib": serde_json::Value::Null,
     });

@@ -120,7 +120,7 @@ impl Block {
             let mut shape = vec![size[0]];
             shape.extend(std::iter::repeat_n(1, size.len() - 1));
             let noise = Tensor::empty(&shape, (y.kind(), y.device())).bernoulli_float_(survival);
-            y = y * (noise / survival);
+            y *= noise / survival;
         }
         y + x
     }

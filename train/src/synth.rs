@@ -620,9 +620,9 @@ pub fn render(config: &SynthConfig, split: Split, index: u64) -> Sample {
             let pts = walk(&mut rng, start, heading, wf * 0.008, 8, 0.4);
             bronchi.stroke(&pts, 0.9, 1.0, None);
         }
-        for i in 0..w * h {
+        for (i, d) in finding.d.iter_mut().enumerate() {
             if m.data[i] {
-                finding.d[i] -= 0.12 * c * bronchi.d[i] * field[i];
+                *d -= 0.12 * c * bronchi.d[i] * field[i];
             }
         }
         masks.get_mut("Consolidation").unwrap().or(&m);
@@ -1031,6 +1031,9 @@ pub fn render(config: &SynthConfig, split: Split, index: u64) -> Sample {
 // ----------------------------------------------------------------------------------------------
 // Writing the benchmark
 
+/// One written image: relative path, labels, sex, age, CheXlocalize masks (valid/test only).
+type Row = (String, [bool; 14], &'static str, u32, Option<serde_json::Value>);
+
 /// Where things are in a written benchmark.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct BenchmarkLayout {
@@ -1087,8 +1090,7 @@ pub fn write_benchmark(config: &SynthConfig, root: &Path, threads: usize, progre
     let total = config.train + config.valid + config.test;
     let done = std::sync::atomic::AtomicUsize::new(0);
     for (split, n) in [(Split::Train, config.train), (Split::Valid, config.valid), (Split::Test, config.test)] {
-        let results: Vec<std::sync::Mutex<Option<(String, [bool; 14], &'static str, u32, Option<serde_json::Value>)>>> =
-            (0..n).map(|_| std::sync::Mutex::new(None)).collect();
+        let results: Vec<std::sync::Mutex<Option<Row>>> = (0..n).map(|_| std::sync::Mutex::new(None)).collect();
         let next = std::sync::atomic::AtomicUsize::new(0);
         let error: std::sync::Mutex<Option<anyhow::Error>> = std::sync::Mutex::new(None);
         std::thread::scope(|scope| {
@@ -1142,7 +1144,7 @@ pub fn write_benchmark(config: &SynthConfig, root: &Path, threads: usize, progre
             }
             cols.join(",")
         };
-        let row = |r: &(String, [bool; 14], &str, u32, Option<serde_json::Value>), visual: bool| {
+        let row = |r: &Row, visual: bool| {
             let mut cols = vec![r.0.clone(), r.2.to_string(), r.3.to_string(), "Frontal".into(), "PA".into()];
             let labels: Vec<&str> = r.1.iter().map(|&v| label_text(v)).collect();
             if visual {

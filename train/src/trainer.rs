@@ -61,6 +61,12 @@ pub struct TrainOptions {
     pub resume: Option<PathBuf>,
     /// Use only the first N training records (quick runs).
     pub limit_train: Option<usize>,
+    /// Stop (with a resumable checkpoint) after this epoch, e.g. to train in several sittings.
+    pub stop_after_epoch: Option<u64>,
+    /// Override the architecture's dropout / stochastic-depth rates (training only; the network
+    /// and its exported form are unchanged). `None`: the config's (torchvision's 0.2 / 0.2).
+    pub dropout: Option<f32>,
+    pub stochastic_depth: Option<f32>,
     pub progress: bool,
 }
 
@@ -215,7 +221,7 @@ pub fn predict(net: &MedicalPatchNet, dataset: &Arc<Dataset>, device: Device, ba
         let s = batch.size as i64;
         let x = Tensor::from_slice(&batch.images).reshape([n, 1, s, s]).to_device(device);
         let y = Tensor::from_slice(&batch.targets).reshape([n, 14]).to_device(device);
-        let logits = tch::no_grad(|| tch::autocast(amp, || net.forward_t(&x, false))).to_kind(Kind::Float);
+        let logits = tch::no_grad(|| with_autocast(amp, || net.forward_t(&x, false))).to_kind(Kind::Float);
         let loss = logits.binary_cross_entropy_with_logits::<Tensor>(&y, None, None, tch::Reduction::Sum);
         loss_sum += loss.double_value(&[]);
         scores.extend(Vec::<f32>::try_from(logits.sigmoid().to_device(Device::Cpu).flatten(0, -1))?);
@@ -235,6 +241,12 @@ pub fn validation_from(scores: &[f32], targets: &[f32], loss: f64) -> Validation
     }
 }
 
+/// fp16 autocast (CUDA) around `f` when `amp`; otherwise `f` alone (tch's autocast toggles
+/// libtorch's deprecated global switch, which some libtorch versions warn about on every call).
+pub fn with_autocast<T>(amp: bool, f: impl FnOnce() -> T) -> T {
+    if amp { tch::autocast(true, f) } else { f() }
+}
+
 fn epoch_seed(seed: u64, epoch: u64) -> i64 {
     (Rng::derive(seed, &[epoch, 0x70_7263]).next_u64() >> 1) as i64
 }
@@ -244,7 +256,15 @@ pub fn train(opts: &TrainOptions, log: &mut dyn FnMut(&str)) -> Result<PathBuf> 
     if opts.threads > 0 {
         tch::set_num_threads(opts.threads);
     }
-    let arch = ArchConfig::resolve(&opts.arch)?;
+    let mut arch = ArchConfig::resolve(&opts.arch)?;
+    if let Some(p) = opts.dropout {
+        anyhow::ensure!((0.0..1.0).contains(&p), "dropout must be in [0, 1)");
+        arch.dropout = p;
+    }
+    if let Some(p) = opts.stochastic_depth {
+        anyhow::ensure!((0.0..1.0).contains(&p), "stochastic depth must be in [0, 1)");
+        arch.stochastic_depth = p;
+    }
     anyhow::ensure!(opts.patch_size > 0 && opts.image_size as i64 % opts.patch_size == 0, "the patch size must divide the image size");
     std::fs::create_dir_all(&opts.out).with_context(|| format!("cannot create {}", opts.out.display()))?;
 
@@ -259,7 +279,7 @@ pub fn train(opts: &TrainOptions, log: &mut dyn FnMut(&str)) -> Result<PathBuf> 
         None => None,
     };
 
-    tch::manual_seed(epoch_seed(opts.seed, u64::MAX) );
+    tch::manual_seed(epoch_seed(opts.seed, u64::MAX));
     let mut vs = nn::VarStore::new(Device::Cpu);
     let mut net = build_model(&vs, &arch, opts.patch_size);
     let steps_per_epoch = train_set.records.len().div_ceil(opts.batch_size) as u64;
@@ -341,21 +361,20 @@ pub fn train(opts: &TrainOptions, log: &mut dyn FnMut(&str)) -> Result<PathBuf> 
             let (lr, beta1) = schedule.at(global_step);
             optimizer.lr = lr;
             optimizer.beta1 = beta1;
-            optimizer.zero_grad();
-            let logits = tch::autocast(amp, || net.forward_t(&x, true)).to_kind(Kind::Float);
+            let logits = with_autocast(amp, || net.forward_t(&x, true)).to_kind(Kind::Float);
             let loss = logits.binary_cross_entropy_with_logits::<Tensor>(&y, None, None, tch::Reduction::Mean);
             match &mut scaler {
                 Some(scaler) => {
-                    (&loss * scaler.scale).backward();
-                    let finite = scaler.unscale(&optimizer.grads());
+                    let mut grad = optimizer.gradients(&(&loss * scaler.scale));
+                    let finite = scaler.unscale(&mut grad);
                     if finite {
-                        optimizer.step();
+                        optimizer.step(&grad);
                     }
                     scaler.update(finite);
                 }
                 None => {
-                    loss.backward();
-                    optimizer.step();
+                    let grad = optimizer.gradients(&loss);
+                    optimizer.step(&grad);
                 }
             }
             global_step += 1;
@@ -430,6 +449,10 @@ pub fn train(opts: &TrainOptions, log: &mut dyn FnMut(&str)) -> Result<PathBuf> 
         }
         std::fs::write(opts.out.join("last.json"), serde_json::to_string_pretty(&meta)?)?;
         last = Some(json_path);
+        if opts.stop_after_epoch.is_some_and(|stop| epoch + 1 >= stop) && epoch + 1 < opts.epochs {
+            log(&format!("stopping after epoch {} as asked; resume with --resume {}", epoch + 1, opts.out.join("last.json").display()));
+            break;
+        }
     }
     last.context("no epoch to run (already complete?)")
 }

@@ -101,33 +101,29 @@ fn parity(arch: &str, size: u32, batch: u32) {
         net.backbone.stochastic_depth = false;
         let before: BTreeMap<String, Tensor> = vs.variables().into_iter().map(|(k, v)| (k, v.detach().copy())).collect();
         let mut opt = AdamW::new(&vs, 1e-4, 0.01);
-        opt.zero_grad();
         let loss = net.forward_t(images, true).binary_cross_entropy_with_logits::<Tensor>(targets, None, None, tch::Reduction::Mean);
-        loss.backward();
+        let own = opt.gradients(&loss);
         let vars = vs.variables();
-        if use_reference_grads {
-            tch::no_grad(|| {
-                for (name, var) in &vars {
-                    if var.requires_grad() {
-                        var.grad().copy_(&step[&format!("grad.{name}")]);
-                    }
-                }
-            });
+        let grad = if use_reference_grads {
+            let named: BTreeMap<String, Tensor> =
+                vars.keys().filter_map(|name| step.get(&format!("grad.{name}")).map(|g| (name.clone(), g.shallow_clone()))).collect();
+            opt.flat_from_named(&named)
         } else {
             let d_loss = (loss.double_value(&[]) - step["loss"].double_value(&[])).abs();
             let (mut d_grad, mut g_max) = (0f64, 0f64);
             for (name, var) in &vars {
                 if var.requires_grad() {
                     let reference = &step[&format!("grad.{name}")];
-                    d_grad = d_grad.max(max_abs(&var.grad(), reference));
+                    d_grad = d_grad.max(max_abs(&opt.slice_of(&own, name).unwrap(), reference));
                     g_max = g_max.max(reference.abs().max().double_value(&[]));
                 }
             }
             eprintln!("{arch} train step: loss {:.6}, |Δ loss| {d_loss:.2e}; gradients max |Δ| {d_grad:.2e} (largest gradient {g_max:.2e})", loss.double_value(&[]));
             assert!(d_loss <= TOLERANCE, "loss differs by {d_loss}");
             assert!(d_grad <= 1e-4 * g_max, "gradients differ by {d_grad} (largest {g_max})");
-        }
-        opt.step();
+            own
+        };
+        opt.step(&grad);
         // Parameters: compare the updates. Where a gradient is within ~100·eps of zero, Adam's
         // first step (lr·g/(|g| + eps)) turns float32 noise in g into visible update noise, so
         // the pipeline check counts those elements separately; the optimizer-alone check covers all.
@@ -212,6 +208,23 @@ fn checkpoint_exports_and_reloads() {
     let (a, b) = tch::no_grad(|| (net.patch_logits(&x, false), net2.patch_logits(&x, false)));
     assert_eq!(max_abs(&a, &b), 0.0);
 
+    // torchvision reads it with load_state_dict(strict=True) and computes the same logits.
+    let patches = MedicalPatchNet::tile(&x, 64);
+    Tensor::write_safetensors(&[("patches", &patches)], dir.join("patches.safetensors")).unwrap();
+    let out = Command::new(python())
+        .arg(repo_root().join("tests/python/train_load_checkpoint.py"))
+        .args(["--arch", "efficientnet_v2_tiny", "--weights", path.to_str().unwrap()])
+        .args(["--inputs", dir.join("patches.safetensors").to_str().unwrap(), "--out", dir.join("torch_logits.safetensors").to_str().unwrap()])
+        .output()
+        .unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "train_load_checkpoint.py failed:\n{text}");
+    let torch_logits = &read(&dir.join("torch_logits.safetensors"))["logits"];
+    let d_torch = max_abs(torch_logits, &a.reshape([-1, 14]));
+    eprint!("{text}");
+    eprintln!("checkpoint in torchvision (strict load) vs tch: patch logits max |Δ| {d_torch:.2e}");
+    assert!(d_torch <= TOLERANCE);
+
     let mut options = medpatch_exporter::ExportOptions::new(medpatch_exporter::WeightsSource::File(path.clone()), dir.join("model.onnx"));
     options.arch = arch.clone();
     let report = medpatch_exporter::export(&options).unwrap();
@@ -224,11 +237,44 @@ fn checkpoint_exports_and_reloads() {
     )
     .unwrap()
     .backend;
-    let patches = MedicalPatchNet::tile(&x, 64);
     let flat: Vec<f32> = Vec::try_from(patches.flatten(0, -1)).unwrap();
     let onnx = backend.run(&flat, 8).unwrap();
     let tch_logits: Vec<f32> = Vec::try_from(a.flatten(0, -1)).unwrap();
     let d = onnx.iter().zip(&tch_logits).map(|(p, q)| (p - q).abs()).fold(0f32, f32::max);
     eprintln!("exported checkpoint: tract vs tch patch logits max |Δ| {d:.2e}");
     assert!(d <= 1e-4, "{d}");
+}
+
+/// `--init` with a torchvision ImageNet-style state dict (.pth, 3-channel stem, 1000 classes):
+/// everything loads except the stem conv and `classifier.1`, which keep their fresh
+/// initialisation, as the seed replaces exactly those two modules.
+#[test]
+fn imagenet_init_replaces_stem_and_head() {
+    let dir = scratch("train-imagenet-init");
+    let pth = dir.join("imagenet_like.pth");
+    let out = Command::new(python())
+        .arg(repo_root().join("tests/python/train_imagenet_like.py"))
+        .args(["--arch", "efficientnet_v2_tiny", "--out", pth.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let arch = ArchConfig::builtin("efficientnet_v2_tiny").unwrap();
+    let vs = nn::VarStore::new(Device::Cpu);
+    let _net = trainer::build_model(&vs, &arch, 64);
+    let stem_before = vs.variables()["features.0.0.weight"].copy();
+    let message = trainer::load_imagenet(&vs, &pth).unwrap();
+    eprintln!("{message}");
+    assert!(message.contains("features.0.0.weight") && message.contains("classifier.1.weight"), "{message}");
+    let vars = vs.variables();
+    assert_eq!(vars["features.0.0.weight"].size(), vec![16, 1, 3, 3]);
+    assert_eq!(max_abs(&vars["features.0.0.weight"], &stem_before), 0.0, "the stem keeps its fresh init");
+    assert_eq!(vars["classifier.1.weight"].size(), vec![14, 256]);
+    let file = medpatch_exporter::weights::load(&pth).unwrap();
+    let t = &file.tensors["features.4.0.block.2.fc1.weight"];
+    let shape: Vec<i64> = t.shape.iter().map(|&d| d as i64).collect();
+    assert_eq!(max_abs(&vars["features.4.0.block.2.fc1.weight"], &Tensor::from_slice(&t.data).reshape(&shape)), 0.0);
+    // A file of another architecture is refused.
+    let vs_s = nn::VarStore::new(Device::Cpu);
+    let _ = trainer::build_model(&vs_s, &ArchConfig::builtin("efficientnet_v2_s").unwrap(), 64);
+    assert!(trainer::load_imagenet(&vs_s, &pth).is_err());
 }

@@ -1,0 +1,85 @@
+//! The shipped default model (models/default/): its checkpoint (safetensors, what `medpatch-train`
+//! wrote) in tch and its ONNX export (what the engine embeds) in the engine's backends, ONNX
+//! Runtime and tract, give the same patch logits (≤ 1e-4) on the same preprocessed inputs; and
+//! the checkpoint's metadata matches the ONNX metadata.
+
+use medpatch_engine::backend::{self, BackendOptions, Provider, ProviderChoice};
+use medpatch_engine::{Model, ModelOrigin, DEFAULT_MODEL_BYTES};
+use medpatch_train::model::MedicalPatchNet;
+use medpatch_train::synth::{self, Split, SynthConfig};
+use medpatch_train::trainer::{self, CheckpointMeta};
+use std::path::{Path, PathBuf};
+use tch::nn::{self, ModuleT};
+use tch::{Device, Kind, Tensor};
+
+fn default_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().join("models/default")
+}
+
+fn ort_library() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("ORT_DYLIB_PATH") {
+        return Some(PathBuf::from(p));
+    }
+    let lib = default_dir().join("../../.venv/lib");
+    std::fs::read_dir(&lib).ok()?.filter_map(|e| e.ok()).find_map(|e| {
+        let capi = e.path().join("site-packages/onnxruntime/capi");
+        std::fs::read_dir(capi).ok()?.filter_map(|f| f.ok().map(|f| f.path())).find(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("libonnxruntime.so.")))
+    })
+}
+
+#[test]
+fn shipped_checkpoint_and_onnx_agree() {
+    tch::set_num_threads(1);
+    let meta: CheckpointMeta = serde_json::from_str(&std::fs::read_to_string(default_dir().join("medpatch-default.json")).unwrap()).unwrap();
+    let vs = nn::VarStore::new(Device::Cpu);
+    let net = trainer::build_model(&vs, &meta.arch_config, meta.patch_size);
+    trainer::load_exact(&vs, &default_dir().join(&meta.weights_file)).unwrap();
+
+    let model = Model::from_bytes(DEFAULT_MODEL_BYTES.into(), ModelOrigin::Embedded).unwrap();
+    assert_eq!(model.metadata.patch_size as i64, meta.patch_size);
+    assert_eq!(model.metadata.image_size, meta.image_size);
+    assert_eq!(model.metadata.classes, meta.classes);
+    assert_eq!(model.metadata.architecture, meta.architecture);
+
+    // Two synthetic test-split images (the model's own domain), preprocessed as the engine does.
+    let size = meta.image_size;
+    let mut images = Vec::new();
+    for i in 0..2 {
+        let s = synth::render(&SynthConfig::default(), Split::Test, i);
+        let gray = medpatch_engine::decode::GrayImage {
+            width: s.width as u32,
+            height: s.height as u32,
+            pixels: s.pixels.iter().map(|&v| v as f32 / 255.0).collect(),
+        };
+        images.extend(medpatch_engine::preprocess::preprocess(&gray, size).pixels);
+    }
+    let x = Tensor::from_slice(&images).reshape([2, 1, size as i64, size as i64]);
+    let tch_patch_logits: Vec<f32> = Vec::try_from(tch::no_grad(|| net.patch_logits(&x, false)).flatten(0, -1)).unwrap();
+    let tch_image_logits: Vec<f32> = Vec::try_from(tch::no_grad(|| net.forward_t(&x, false)).to_kind(Kind::Float).flatten(0, -1)).unwrap();
+    let patches: Vec<f32> = Vec::try_from(MedicalPatchNet::tile(&x, meta.patch_size).flatten(0, -1)).unwrap();
+    let n = patches.len() / (meta.patch_size * meta.patch_size) as usize;
+
+    let mut providers = vec![Provider::Tract];
+    let options = BackendOptions { ort_library: ort_library(), threads: 1, ..Default::default() };
+    if options.ort_library.is_some() {
+        providers.push(Provider::Cpu);
+    } else {
+        eprintln!("ONNX Runtime library not found: checking tract only");
+    }
+    for provider in providers {
+        let selection = backend::select(&model, ProviderChoice::Only(provider), &options).unwrap();
+        let got = selection.backend.run(&patches, n).unwrap();
+        let d = got.iter().zip(&tch_patch_logits).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        // Image logits: mean over each image's patches.
+        let per_image = n / 2;
+        let mut d_img = 0f32;
+        for b in 0..2 {
+            for c in 0..14 {
+                let mean = (0..per_image).map(|p| got[(b * per_image + p) * 14 + c] as f64).sum::<f64>() / per_image as f64;
+                d_img = d_img.max((mean as f32 - tch_image_logits[b * 14 + c]).abs());
+            }
+        }
+        eprintln!("default model, {provider} vs tch: patch logits max |Δ| {d:.2e}, image logits max |Δ| {d_img:.2e}");
+        assert!(d <= 1e-4 && d_img <= 1e-4, "{provider}: {d} / {d_img}");
+    }
+}
