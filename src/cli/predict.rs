@@ -159,9 +159,15 @@ pub fn report_engine(engine: &Engine) {
     }
     eprintln!("medpatch: provider: {}, {}", engine.provider(), engine.provider().describe());
     if model.origin == ModelOrigin::Embedded {
+        // Say what the embedded model really is, from its own metadata.
+        let what = if model.metadata.source.starts_with("random initialisation") {
+            "an UNTRAINED placeholder with random weights: its outputs mean nothing"
+        } else {
+            "a small demo model trained on synthetic images"
+        };
         eprintln!(
-            "medpatch: model: the embedded default model ({}). It is a small demo model trained on synthetic images, \
-             NOT a diagnostic model: do not use its outputs for clinical decisions. Pass --model for a real one.",
+            "medpatch: model: the embedded default model ({}), {what}. It is NOT a diagnostic model: \
+             do not use its outputs for clinical decisions. Pass --model for a real one.",
             model.metadata.architecture
         );
     } else {

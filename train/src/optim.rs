@@ -22,6 +22,11 @@ pub struct AdamW {
     flat: Tensor,
     exp_avg: Tensor,
     exp_avg_sq: Tensor,
+    /// Scratch buffers (flat gradient, denominator, update): no allocation per step (fresh
+    /// multi-megabyte temporaries cost page faults that dwarf the arithmetic on CPU).
+    grad: Tensor,
+    denom: Tensor,
+    scratch: Tensor,
     /// Optimizer steps taken (PyTorch's per-parameter `step`; all parameters step together here).
     pub step: u64,
     pub lr: f64,
@@ -55,13 +60,14 @@ impl AdamW {
                 offset += n;
             }
         });
-        let exp_avg = flat.zeros_like();
-        let exp_avg_sq = flat.zeros_like();
-        Self { params, flat, exp_avg, exp_avg_sq, step: 0, lr, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay }
+        let (exp_avg, exp_avg_sq) = (flat.zeros_like(), flat.zeros_like());
+        let (grad, denom, scratch) = (flat.zeros_like(), flat.zeros_like(), flat.zeros_like());
+        Self { params, flat, exp_avg, exp_avg_sq, grad, denom, scratch, step: 0, lr, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay }
     }
 
     /// Gradients of `loss` with respect to every parameter, as one flat tensor (autograd's
     /// `grad()`: nothing accumulates in the parameters' `.grad`, so there is nothing to zero).
+    /// The result is the optimizer's own buffer, overwritten by the next call.
     pub fn gradients(&self, loss: &Tensor) -> Tensor {
         let inputs: Vec<&Tensor> = self.params.iter().map(|(_, p, _)| p).collect();
         let grads = Tensor::run_backward(&[loss], &inputs, false, false);
@@ -70,7 +76,8 @@ impl AdamW {
             .zip(&self.params)
             .map(|(g, (_, p, _))| if g.defined() { g.reshape([-1]) } else { p.zeros_like().reshape([-1]) })
             .collect();
-        Tensor::cat(&flat, 0)
+        let _ = tch::no_grad(|| Tensor::cat_out(&self.grad, &flat, 0));
+        self.grad.shallow_clone()
     }
 
     /// A flat gradient from named per-parameter gradients (missing ones are zero).
@@ -103,9 +110,17 @@ impl AdamW {
                 let _ = self.flat.g_mul_scalar_(1.0 - lr * self.weight_decay);
             }
             let _ = self.exp_avg.lerp_(grad, 1.0 - b1);
-            let _ = self.exp_avg_sq.g_mul_scalar_(b2).addcmul_(&(grad * (1.0 - b2)), grad);
-            let denom = (self.exp_avg_sq.sqrt() / bias_correction2_sqrt) + self.eps;
-            let _ = self.flat.g_add_(&((&self.exp_avg / denom) * (-step_size)));
+            // v ← β2·v + ((1 − β2)·g)·g
+            let _ = self.scratch.copy_(grad);
+            let _ = self.scratch.g_mul_scalar_(1.0 - b2);
+            let _ = self.exp_avg_sq.g_mul_scalar_(b2).addcmul_(&self.scratch, grad);
+            // denom = √v / √(1 − β2ᵗ) + eps
+            let _ = self.denom.copy_(&self.exp_avg_sq);
+            let _ = self.denom.sqrt_().g_div_scalar_(bias_correction2_sqrt).g_add_scalar_(self.eps);
+            // p ← p + (m / denom)·(−lr / (1 − β1ᵗ))
+            let _ = self.scratch.copy_(&self.exp_avg);
+            let _ = self.scratch.g_div_(&self.denom).g_mul_scalar_(-step_size);
+            let _ = self.flat.g_add_(&self.scratch);
         });
     }
 
