@@ -5,8 +5,8 @@
 //!     cargo bench --bench pipeline
 //!     MEDPATCH_BENCH_MODEL=s.onnx ORT_DYLIB_PATH=... cargo bench --bench pipeline -- backend
 
-use criterion::{criterion_group, criterion_main, Criterion};
-use medpatch_engine::{decode, explain, preprocess, tile, Engine, ModelSource, Provider, ProviderChoice};
+use criterion::{Criterion, criterion_group, criterion_main};
+use medpatch_engine::{Engine, ModelSource, Provider, ProviderChoice, decode, explain, preprocess, tile};
 use std::hint::black_box;
 use std::path::PathBuf;
 
@@ -19,7 +19,9 @@ fn stages(c: &mut Criterion) {
     let image = decode::decode_bytes(&bytes, "bench.png").unwrap();
     let prepared = preprocess::preprocess(&image, 512);
     let mut group = c.benchmark_group("stages");
-    group.bench_function("decode png 1024", |b| b.iter(|| decode::decode_bytes(black_box(&bytes), "bench.png").unwrap()));
+    group.bench_function("decode png 1024", |b| {
+        b.iter(|| decode::decode_bytes(black_box(&bytes), "bench.png").unwrap())
+    });
     group.bench_function("preprocess 1024->512", |b| b.iter(|| preprocess::preprocess(black_box(&image), 512)));
     group.bench_function("tile 8x8", |b| b.iter(|| tile::tile(black_box(&prepared.pixels), 512, 64)));
     let logits: Vec<f32> = (0..64 * 14).map(|i| (i as f32).sin()).collect();

@@ -25,7 +25,10 @@ fn quick_start_runs_on_the_bundled_xray_with_the_embedded_model() {
     let out = medpatch(&["predict", "assets/00001369_000.png"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
-    assert!(stderr.contains("provider cpu skipped: ONNX Runtime library not found"), "auto must say why it fell back:\n{stderr}");
+    assert!(
+        stderr.contains("provider cpu skipped: ONNX Runtime library not found"),
+        "auto must say why it fell back:\n{stderr}"
+    );
     assert!(stderr.contains("NOT a diagnostic model"), "{stderr}");
     let records = jsonl(&out);
     assert_eq!(records.len(), 1);
@@ -55,17 +58,18 @@ fn bad_inputs_are_reported_and_the_rest_still_processed() {
     std::fs::write(&empty, b"").unwrap();
     let missing = dir.join("missing.png");
     let out_dir = dir.join("out");
-    let args: Vec<String> = [good.as_path(), &truncated, &text, &empty, &missing]
-        .iter()
-        .map(|p| p.display().to_string())
-        .collect();
+    let args: Vec<String> =
+        [good.as_path(), &truncated, &text, &empty, &missing].iter().map(|p| p.display().to_string()).collect();
     let mut cli = vec!["predict", "--out", out_dir.to_str().unwrap(), "--classes", "all"];
     cli.extend(args.iter().map(String::as_str));
     let out = medpatch(&cli);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "some inputs failed:\n{stderr}");
     for name in ["truncated.png", "notes.png", "empty.jpg", "missing.png"] {
-        assert!(stderr.lines().any(|l| l.starts_with("medpatch: error:") && l.contains(name)), "{name} not reported:\n{stderr}");
+        assert!(
+            stderr.lines().any(|l| l.starts_with("medpatch: error:") && l.contains(name)),
+            "{name} not reported:\n{stderr}"
+        );
     }
     assert!(stderr.contains("4 of 5 inputs failed"), "{stderr}");
     let records = jsonl(&out);
@@ -78,10 +82,15 @@ fn bad_inputs_are_reported_and_the_rest_still_processed() {
         let path = PathBuf::from(path.as_str().unwrap());
         assert!(std::fs::metadata(&path).unwrap().len() > 0, "{}", path.display());
     }
-    let leftovers: Vec<_> = std::fs::read_dir(&out_dir).unwrap().map(|e| e.unwrap().file_name()).filter(|n| n.to_string_lossy().ends_with(".part")).collect();
+    let leftovers: Vec<_> = std::fs::read_dir(&out_dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .filter(|n| n.to_string_lossy().ends_with(".part"))
+        .collect();
     assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
     assert!(!out_dir.join("truncated.json").exists() && !out_dir.join("notes.json").exists());
-    let saved: Value = serde_json::from_slice(&std::fs::read(out_dir.join("NORMAL2-IM-1427-0001.json")).unwrap()).unwrap();
+    let saved: Value =
+        serde_json::from_slice(&std::fs::read(out_dir.join("NORMAL2-IM-1427-0001.json")).unwrap()).unwrap();
     assert_eq!(saved["probabilities"], ok[0]["probabilities"]);
     let (shape, patch_logits) = read_npy(Path::new(written["patch_logits"].as_str().unwrap()));
     assert_eq!(shape, vec![8, 8, 14]);
@@ -138,7 +147,10 @@ fn models_without_metadata_or_with_the_wrong_input_are_refused() {
     let out = medpatch(&["predict", "--model", bare_path.to_str().unwrap(), "assets/00001369_000.png"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1));
-    assert!(stderr.contains("bare.onnx") && stderr.contains("no medpatch metadata") && stderr.contains("medpatch export"), "{stderr}");
+    assert!(
+        stderr.contains("bare.onnx") && stderr.contains("no medpatch metadata") && stderr.contains("medpatch export"),
+        "{stderr}"
+    );
 
     let mut wrong = model.clone();
     for p in &mut wrong.metadata_props {

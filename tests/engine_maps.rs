@@ -5,8 +5,8 @@ mod common;
 
 use common::*;
 use medpatch_engine::decode::GrayImage;
-use medpatch_engine::{explain, Engine, Provider, ProviderChoice};
-use medpatch_exporter::{export, ExportOptions, WeightsSource};
+use medpatch_engine::{Engine, Provider, ProviderChoice, explain};
+use medpatch_exporter::{ExportOptions, WeightsSource, export};
 use medpatch_models::ArchConfig;
 use std::sync::Arc;
 
@@ -62,12 +62,14 @@ fn slow_dense_map(engine: &Engine, image: &GrayImage, steps: usize) -> Vec<f64> 
                 }
             }
             for k in 0..classes {
-                let upsampled: Vec<f32> = (0..SIDE * SIDE).map(|p| logits[((p / SIDE) / 64 * 8 + (p % SIDE) / 64) * classes + k]).collect();
+                let upsampled: Vec<f32> =
+                    (0..SIDE * SIDE).map(|p| logits[((p / SIDE) / 64 * 8 + (p % SIDE) / 64) * classes + k]).collect();
                 for y in 0..SIDE as isize {
                     for x in 0..SIDE as isize {
                         let (sy, sx) = (y - dr, x - dc);
                         if (0..SIDE as isize).contains(&sy) && (0..SIDE as isize).contains(&sx) {
-                            total[k * SIDE * SIDE + (y * SIDE as isize + x) as usize] += upsampled[(sy * SIDE as isize + sx) as usize] as f64;
+                            total[k * SIDE * SIDE + (y * SIDE as isize + x) as usize] +=
+                                upsampled[(sy * SIDE as isize + sx) as usize] as f64;
                         }
                     }
                 }
@@ -119,7 +121,8 @@ fn dense_map_at_one_step_is_the_coarse_map_and_completeness_holds() {
 fn one_engine_shared_by_many_threads_gives_the_same_answers() {
     let engine = Arc::new(tiny_engine("maps-threads"));
     let images: Vec<GrayImage> = (0..4).map(|i| real_prepared(&engine, i)).collect();
-    let expected: Vec<Vec<f32>> = engine.predict_prepared(&images).unwrap().into_iter().map(|p| p.unwrap().logits).collect();
+    let expected: Vec<Vec<f32>> =
+        engine.predict_prepared(&images).unwrap().into_iter().map(|p| p.unwrap().logits).collect();
     // Batched together or one at a time, the answers are the same.
     for (image, logits) in images.iter().zip(&expected) {
         let alone = engine.predict_prepared(std::slice::from_ref(image)).unwrap().remove(0).unwrap();

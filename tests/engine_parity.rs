@@ -28,8 +28,11 @@ fn onnxruntime_and_tract_agree_on_every_real_xray() {
     for ((path, a), b) in images.iter().zip(a).zip(b) {
         let (a, b) = (a.unwrap(), b.unwrap());
         let d = max_abs_diff(&a.patch_logits, &b.patch_logits).max(max_abs_diff(&a.logits, &b.logits));
-        eprintln!("{}: max |Δ logit| ORT vs tract {d:.2e} (logits up to {:.2})", path.file_name().unwrap().to_string_lossy(),
-            a.logits.iter().fold(0f32, |m, z| m.max(z.abs())));
+        eprintln!(
+            "{}: max |Δ logit| ORT vs tract {d:.2e} (logits up to {:.2})",
+            path.file_name().unwrap().to_string_lossy(),
+            a.logits.iter().fold(0f32, |m, z| m.max(z.abs()))
+        );
         worst = worst.max(d);
     }
     eprintln!("worst over {} real X-rays: {worst:.2e}", images.len());
@@ -41,8 +44,14 @@ fn end_to_end_matches_pil_torchvision_and_torch() {
     let (dir, model) = exported_reference_model("efficientnet_v2_s");
     let images = nih_images();
     let out = dir.join("end-to-end");
-    let mut args = vec!["--weights".to_string(), dir.join("weights.pt").display().to_string(), "--arch".into(),
-        "efficientnet_v2_s".into(), "--out".into(), out.display().to_string()];
+    let mut args = vec![
+        "--weights".to_string(),
+        dir.join("weights.pt").display().to_string(),
+        "--arch".into(),
+        "efficientnet_v2_s".into(),
+        "--out".into(),
+        out.display().to_string(),
+    ];
     args.extend(images.iter().map(|p| p.display().to_string()));
     run_python("predict_reference.py", &args.iter().map(String::as_str).collect::<Vec<_>>());
     let engine = engine(&model, Provider::Cpu);
@@ -55,13 +64,23 @@ fn end_to_end_matches_pil_torchvision_and_torch() {
         let (_, tensor) = read_npy(&out.join(format!("{i}.image.npy")));
         let e2e = max_abs_diff(&p.logits, &reference);
         // Same preprocessed tensor as the reference: only the runtime differs.
-        let same = engine.predict_prepared(&[GrayImage { width: 512, height: 512, pixels: tensor }]).unwrap().remove(0).unwrap();
+        let same = engine
+            .predict_prepared(&[GrayImage { width: 512, height: 512, pixels: tensor }])
+            .unwrap()
+            .remove(0)
+            .unwrap();
         let d_same = max_abs_diff(&same.logits, &reference).max(max_abs_diff(&same.patch_logits, &reference_patches));
-        eprintln!("{}: end to end {e2e:.2e}, identical input {d_same:.2e}", images[i].file_name().unwrap().to_string_lossy());
+        eprintln!(
+            "{}: end to end {e2e:.2e}, identical input {d_same:.2e}",
+            images[i].file_name().unwrap().to_string_lossy()
+        );
         worst_e2e = worst_e2e.max(e2e);
         worst_same_input = worst_same_input.max(d_same);
     }
-    eprintln!("worst over {} NIH X-rays: end to end {worst_e2e:.2e}, identical input {worst_same_input:.2e}", images.len());
+    eprintln!(
+        "worst over {} NIH X-rays: end to end {worst_e2e:.2e}, identical input {worst_same_input:.2e}",
+        images.len()
+    );
     assert!(worst_e2e <= 1e-3, "end-to-end logits differ by {worst_e2e}");
     assert!(worst_same_input <= 1e-4, "logits on identical inputs differ by {worst_same_input}");
 }

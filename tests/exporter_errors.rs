@@ -4,10 +4,10 @@ mod common;
 
 use common::*;
 use medpatch_exporter::efficientnet::random_weights;
-use medpatch_exporter::{export, ExportError, ExportOptions, WeightsSource};
+use medpatch_exporter::{ExportError, ExportOptions, WeightsSource, export};
 use medpatch_models::ArchConfig;
-use safetensors::tensor::{serialize, TensorView};
 use safetensors::Dtype;
+use safetensors::tensor::{TensorView, serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -25,8 +25,10 @@ fn write_weights(path: &Path, edit: impl FnOnce(&mut BTreeMap<String, (Vec<usize
         .map(|(k, t)| (k, (t.shape, t.data.iter().flat_map(|v| v.to_le_bytes()).collect())))
         .collect();
     edit(&mut raw);
-    let views: Vec<(String, TensorView)> =
-        raw.iter().map(|(k, (shape, bytes))| (k.clone(), TensorView::new(Dtype::F32, shape.clone(), bytes).unwrap())).collect();
+    let views: Vec<(String, TensorView)> = raw
+        .iter()
+        .map(|(k, (shape, bytes))| (k.clone(), TensorView::new(Dtype::F32, shape.clone(), bytes).unwrap()))
+        .collect();
     std::fs::write(path, serialize(views, None).unwrap()).unwrap();
 }
 
@@ -66,8 +68,13 @@ fn missing_unexpected_and_misshapen_keys_are_all_listed() {
     });
     let err = assert_fails_cleanly(
         &path,
-        &["2 missing keys", "features.2.1.block.0.1.running_var", "classifier.1.bias", "1 unexpected keys: extra.head.weight",
-          "wrong shape for features.0.0.weight: expected [16, 1, 3, 3], found [16, 3, 3, 3]"],
+        &[
+            "2 missing keys",
+            "features.2.1.block.0.1.running_var",
+            "classifier.1.bias",
+            "1 unexpected keys: extra.head.weight",
+            "wrong shape for features.0.0.weight: expected [16, 1, 3, 3], found [16, 3, 3, 3]",
+        ],
     );
     eprintln!("{err}");
 }
@@ -113,7 +120,10 @@ fn truncated_torch_checkpoint_is_refused() {
     // A real torch.save file, cut short: the zip directory is gone.
     let dir = scratch("exporter-errors-torch");
     let xray = nih_images()[2].clone();
-    run_python("make_export_reference.py", &["--arch", "efficientnet_v2_tiny", "--xray", xray.to_str().unwrap(), "--out", dir.to_str().unwrap()]);
+    run_python(
+        "make_export_reference.py",
+        &["--arch", "efficientnet_v2_tiny", "--xray", xray.to_str().unwrap(), "--out", dir.to_str().unwrap()],
+    );
     let bytes = std::fs::read(dir.join("weights.pt")).unwrap();
     let cut = dir.join("cut").join("weights.pt");
     std::fs::create_dir_all(cut.parent().unwrap()).unwrap();
@@ -134,7 +144,11 @@ fn cli_reports_errors_with_exit_codes() {
     assert!(stderr.contains("garbage.pt") && stderr.contains("not a PyTorch checkpoint"), "{stderr}");
     assert!(!out.exists());
 
-    let run = Command::new(medpatch).args(["export", "--arch", "resnet50", "--random-init", "-o"]).arg(&out).output().unwrap();
+    let run = Command::new(medpatch)
+        .args(["export", "--arch", "resnet50", "--random-init", "-o"])
+        .arg(&out)
+        .output()
+        .unwrap();
     assert_eq!(run.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&run.stderr).contains("unknown architecture 'resnet50'"));
 

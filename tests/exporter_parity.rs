@@ -6,7 +6,7 @@ mod common;
 use common::*;
 use medpatch_engine::backend::{self, BackendOptions, Provider, ProviderChoice};
 use medpatch_engine::{Model, ModelOrigin};
-use medpatch_exporter::{export, ExportOptions, WeightsSource};
+use medpatch_exporter::{ExportOptions, WeightsSource, export};
 use medpatch_models::ArchConfig;
 use std::path::Path;
 
@@ -43,7 +43,10 @@ fn mean_over_patches(patch_logits: &[f32], classes: usize) -> Vec<f32> {
 fn parity(arch: &str) {
     let dir = scratch(&format!("exporter-parity-{arch}"));
     let xray = nih_images()[0].clone();
-    run_python("make_export_reference.py", &["--arch", arch, "--xray", xray.to_str().unwrap(), "--out", dir.to_str().unwrap()]);
+    run_python(
+        "make_export_reference.py",
+        &["--arch", arch, "--xray", xray.to_str().unwrap(), "--out", dir.to_str().unwrap()],
+    );
     let (_, patches) = read_npy(&dir.join("patches.npy"));
     let (_, patch_ref) = read_npy(&dir.join("patch_logits.npy"));
     let (_, image) = read_npy(&dir.join("image.npy"));
@@ -63,12 +66,17 @@ fn parity(arch: &str) {
         let image_logits = mean_over_patches(&run(&model, provider, &image_patches, 64), 14);
         let d_image = max_abs_diff(&image_logits, &image_ref);
         let d_baseline = max_abs_diff(&run(&baseline, provider, &image, 1), &baseline_ref);
-        eprintln!("{arch} {provider}: max |Δ logit| patches {d_patch:.2e}, image {d_image:.2e}, baseline-512 {d_baseline:.2e}");
+        eprintln!(
+            "{arch} {provider}: max |Δ logit| patches {d_patch:.2e}, image {d_image:.2e}, baseline-512 {d_baseline:.2e}"
+        );
         assert!(d_patch <= TOLERANCE, "{provider}: patch logits differ by {d_patch}");
         assert!(d_image <= TOLERANCE, "{provider}: image logits differ by {d_image}");
         assert!(d_baseline <= TOLERANCE, "{provider}: baseline logits differ by {d_baseline}");
     }
-    let checked = run_python("check_onnx.py", &[dir.join("model.onnx").to_str().unwrap(), dir.join("baseline.onnx").to_str().unwrap()]);
+    let checked = run_python(
+        "check_onnx.py",
+        &[dir.join("model.onnx").to_str().unwrap(), dir.join("baseline.onnx").to_str().unwrap()],
+    );
     eprintln!("{checked}");
 }
 
@@ -86,7 +94,10 @@ fn efficientnet_v2_s_matches_torchvision() {
 fn safetensors_with_torchvision_names_exports_the_same_model() {
     let dir = scratch("exporter-safetensors");
     let xray = nih_images()[1].clone();
-    run_python("make_export_reference.py", &["--arch", "efficientnet_v2_tiny", "--xray", xray.to_str().unwrap(), "--out", dir.to_str().unwrap()]);
+    run_python(
+        "make_export_reference.py",
+        &["--arch", "efficientnet_v2_tiny", "--xray", xray.to_str().unwrap(), "--out", dir.to_str().unwrap()],
+    );
     let from_pt = export_model(&dir.join("weights.pt"), "efficientnet_v2_tiny", 64, &dir.join("a.onnx"));
     let from_st = export_model(&dir.join("weights.safetensors"), "efficientnet_v2_tiny", 64, &dir.join("b.onnx"));
     let (_, patches) = read_npy(&dir.join("patches.npy"));

@@ -50,10 +50,7 @@ impl GrayImage {
     /// # Panics
     /// If `(x, y)` is outside the image.
     pub fn get(&self, x: u32, y: u32) -> f32 {
-        assert!(
-            x < self.width && y < self.height,
-            "pixel ({x}, {y}) outside the image"
-        );
+        assert!(x < self.width && y < self.height, "pixel ({x}, {y}) outside the image");
         self.pixels[y as usize * self.width as usize + x as usize]
     }
 }
@@ -76,16 +73,10 @@ pub enum DecodeError {
     },
     /// A recognised format whose data is truncated or damaged.
     #[error("corrupt or truncated {format} data: {detail}")]
-    Corrupt {
-        format: &'static str,
-        detail: String,
-    },
+    Corrupt { format: &'static str, detail: String },
     /// A recognised format using a feature this decoder does not handle.
     #[error("unsupported {format} variant: {detail}")]
-    Unsupported {
-        format: &'static str,
-        detail: String,
-    },
+    Unsupported { format: &'static str, detail: String },
     /// Width or height is zero.
     #[error("the image has no pixels ({width}×{height})")]
     ZeroSize { width: u64, height: u64 },
@@ -94,11 +85,7 @@ pub enum DecodeError {
         "the image claims to be {width}×{height} pixels, over the limit of {limit}; refusing to \
          decode it (downscale it first if it is genuine)"
     )]
-    TooLarge {
-        width: u64,
-        height: u64,
-        limit: String,
-    },
+    TooLarge { width: u64, height: u64, limit: String },
     /// The file itself is larger than [`MAX_FILE_BYTES`].
     #[error("the file is {bytes} bytes, over the limit of {limit} bytes")]
     FileTooLarge { bytes: u64, limit: u64 },
@@ -111,10 +98,7 @@ pub enum DecodeError {
     Io(#[from] std::io::Error),
     /// Any of the above, for a named file (what [`decode_path`] returns).
     #[error("{}: {problem}", path.display())]
-    InFile {
-        path: PathBuf,
-        problem: Box<DecodeError>,
-    },
+    InFile { path: PathBuf, problem: Box<DecodeError> },
 }
 
 impl DecodeError {
@@ -129,10 +113,7 @@ impl DecodeError {
     fn in_file(self, path: &Path) -> DecodeError {
         match self {
             e @ DecodeError::InFile { .. } => e,
-            e => DecodeError::InFile {
-                path: path.to_path_buf(),
-                problem: Box::new(e),
-            },
+            e => DecodeError::InFile { path: path.to_path_buf(), problem: Box::new(e) },
         }
     }
 }
@@ -142,10 +123,7 @@ pub fn decode_path(path: &Path) -> Result<GrayImage, DecodeError> {
     let read = || -> Result<Vec<u8>, DecodeError> {
         let len = std::fs::metadata(path)?.len();
         if len > MAX_FILE_BYTES {
-            return Err(DecodeError::FileTooLarge {
-                bytes: len,
-                limit: MAX_FILE_BYTES,
-            });
+            return Err(DecodeError::FileTooLarge { bytes: len, limit: MAX_FILE_BYTES });
         }
         Ok(std::fs::read(path)?)
     };
@@ -170,17 +148,15 @@ pub fn decode_bytes(bytes: &[u8], name_for_errors: &str) -> Result<GrayImage, De
             dicom::decode(bytes, layout).map_err(|e| {
                 let named_dcm = name_for_errors.to_ascii_lowercase().ends_with(".dcm");
                 match e {
-                    DecodeError::Dicom(_) if !named_dcm => DecodeError::UnsupportedFormat {
-                        magic: describe_magic(bytes),
-                    },
+                    DecodeError::Dicom(_) if !named_dcm => {
+                        DecodeError::UnsupportedFormat { magic: describe_magic(bytes) }
+                    }
                     e => e,
                 }
             })
         }
         Format::Dicom(layout) => dicom::decode(bytes, layout),
-        Format::Unknown => Err(DecodeError::UnsupportedFormat {
-            magic: describe_magic(bytes),
-        }),
+        Format::Unknown => Err(DecodeError::UnsupportedFormat { magic: describe_magic(bytes) }),
     }
 }
 
@@ -212,16 +188,7 @@ fn sniff(bytes: &[u8]) -> Format {
 fn describe_magic(bytes: &[u8]) -> String {
     let head = &bytes[..bytes.len().min(8)];
     let hex: Vec<String> = head.iter().map(|b| format!("{b:02X}")).collect();
-    let text: String = head
-        .iter()
-        .map(|&b| {
-            if b.is_ascii_graphic() || b == b' ' {
-                b as char
-            } else {
-                '.'
-            }
-        })
-        .collect();
+    let text: String = head.iter().map(|&b| if b.is_ascii_graphic() || b == b' ' { b as char } else { '.' }).collect();
     format!("bytes {} \"{text}\"", hex.join(" "))
 }
 
@@ -231,27 +198,16 @@ fn check_dimensions(width: u64, height: u64) -> Result<(), DecodeError> {
         return Err(DecodeError::ZeroSize { width, height });
     }
     if width > MAX_SIDE as u64 || height > MAX_SIDE as u64 {
-        return Err(DecodeError::TooLarge {
-            width,
-            height,
-            limit: format!("{MAX_SIDE} pixels per side"),
-        });
+        return Err(DecodeError::TooLarge { width, height, limit: format!("{MAX_SIDE} pixels per side") });
     }
     if width * height > MAX_PIXELS {
-        return Err(DecodeError::TooLarge {
-            width,
-            height,
-            limit: format!("{MAX_PIXELS} pixels"),
-        });
+        return Err(DecodeError::TooLarge { width, height, limit: format!("{MAX_PIXELS} pixels") });
     }
     Ok(())
 }
 
 /// Run a decoder, turning a panic into [`DecodeError::Corrupt`].
-fn guarded<T>(
-    format: &'static str,
-    f: impl FnOnce() -> Result<T, DecodeError>,
-) -> Result<T, DecodeError> {
+fn guarded<T>(format: &'static str, f: impl FnOnce() -> Result<T, DecodeError>) -> Result<T, DecodeError> {
     match catch_unwind(AssertUnwindSafe(f)) {
         Ok(result) => result,
         Err(payload) => {
@@ -260,10 +216,7 @@ fn guarded<T>(
                 .map(|s| s.to_string())
                 .or_else(|| payload.downcast_ref::<String>().cloned())
                 .unwrap_or_else(|| "unknown panic".to_string());
-            Err(DecodeError::Corrupt {
-                format,
-                detail: format!("the decoder failed on this input ({msg})"),
-            })
+            Err(DecodeError::Corrupt { format, detail: format!("the decoder failed on this input ({msg})") })
         }
     }
 }
@@ -287,22 +240,12 @@ fn luminance16(r: u16, g: u16, b: u16) -> f32 {
 fn image_error(format: &'static str, e: image::ImageError) -> DecodeError {
     use image::ImageError as E;
     match e {
-        E::Limits(l) => DecodeError::Unsupported {
-            format,
-            detail: format!("over the decoder's limits ({l})"),
-        },
-        E::Unsupported(u) => DecodeError::Unsupported {
-            format,
-            detail: u.to_string(),
-        },
-        E::IoError(io) if io.kind() == std::io::ErrorKind::UnexpectedEof => DecodeError::Corrupt {
-            format,
-            detail: "the file ends early (truncated)".to_string(),
-        },
-        other => DecodeError::Corrupt {
-            format,
-            detail: other.to_string(),
-        },
+        E::Limits(l) => DecodeError::Unsupported { format, detail: format!("over the decoder's limits ({l})") },
+        E::Unsupported(u) => DecodeError::Unsupported { format, detail: u.to_string() },
+        E::IoError(io) if io.kind() == std::io::ErrorKind::UnexpectedEof => {
+            DecodeError::Corrupt { format, detail: "the file ends early (truncated)".to_string() }
+        }
+        other => DecodeError::Corrupt { format, detail: other.to_string() },
     }
 }
 
@@ -356,18 +299,12 @@ fn jpeg_is_complete(bytes: &[u8]) -> bool {
     }
 }
 
-fn decode_raster(
-    bytes: &[u8],
-    format: image::ImageFormat,
-    name: &'static str,
-) -> Result<GrayImage, DecodeError> {
+fn decode_raster(bytes: &[u8], format: image::ImageFormat, name: &'static str) -> Result<GrayImage, DecodeError> {
     use image::{DynamicImage as D, ImageReader};
 
     // Header only: no pixel buffer yet.
     let (width, height) = guarded(name, || {
-        ImageReader::with_format(Cursor::new(bytes), format)
-            .into_dimensions()
-            .map_err(|e| image_error(name, e))
+        ImageReader::with_format(Cursor::new(bytes), format).into_dimensions().map_err(|e| image_error(name, e))
     })?;
     check_dimensions(width as u64, height as u64)?;
 
@@ -400,66 +337,37 @@ fn decode_raster(
     if (decoded.width(), decoded.height()) != (width, height) {
         return Err(DecodeError::Corrupt {
             format: name,
-            detail: format!(
-                "header says {width}×{height} but {}×{} were decoded",
-                decoded.width(),
-                decoded.height()
-            ),
+            detail: format!("header says {width}×{height} but {}×{} were decoded", decoded.width(), decoded.height()),
         });
     }
 
     let pixels: Vec<f32> = match &decoded {
         D::ImageLuma8(im) => im.as_raw().iter().map(|&v| v as f32 / 255.0).collect(),
-        D::ImageLumaA8(im) => im
-            .as_raw()
-            .chunks_exact(2)
-            .map(|p| p[0] as f32 / 255.0)
-            .collect(),
-        D::ImageRgb8(im) => im
-            .as_raw()
-            .chunks_exact(3)
-            .map(|p| pil_luminance(p[0], p[1], p[2]) as f32 / 255.0)
-            .collect(),
-        D::ImageRgba8(im) => im
-            .as_raw()
-            .chunks_exact(4)
-            .map(|p| pil_luminance(p[0], p[1], p[2]) as f32 / 255.0)
-            .collect(),
+        D::ImageLumaA8(im) => im.as_raw().chunks_exact(2).map(|p| p[0] as f32 / 255.0).collect(),
+        D::ImageRgb8(im) => {
+            im.as_raw().chunks_exact(3).map(|p| pil_luminance(p[0], p[1], p[2]) as f32 / 255.0).collect()
+        }
+        D::ImageRgba8(im) => {
+            im.as_raw().chunks_exact(4).map(|p| pil_luminance(p[0], p[1], p[2]) as f32 / 255.0).collect()
+        }
         D::ImageLuma16(im) => im.as_raw().iter().map(|&v| v as f32 / 65535.0).collect(),
-        D::ImageLumaA16(im) => im
-            .as_raw()
-            .chunks_exact(2)
-            .map(|p| p[0] as f32 / 65535.0)
-            .collect(),
-        D::ImageRgb16(im) => im
-            .as_raw()
-            .chunks_exact(3)
-            .map(|p| luminance16(p[0], p[1], p[2]))
-            .collect(),
-        D::ImageRgba16(im) => im
-            .as_raw()
-            .chunks_exact(4)
-            .map(|p| luminance16(p[0], p[1], p[2]))
-            .collect(),
+        D::ImageLumaA16(im) => im.as_raw().chunks_exact(2).map(|p| p[0] as f32 / 65535.0).collect(),
+        D::ImageRgb16(im) => im.as_raw().chunks_exact(3).map(|p| luminance16(p[0], p[1], p[2])).collect(),
+        D::ImageRgba16(im) => im.as_raw().chunks_exact(4).map(|p| luminance16(p[0], p[1], p[2])).collect(),
         other => {
             // Float images (not produced by the PNG or JPEG decoders today).
             let rgb = other.to_rgb32f();
             rgb.as_raw()
                 .chunks_exact(3)
                 .map(|p| {
-                    let l = (p[0] as f64 * 19595.0 + p[1] as f64 * 38470.0 + p[2] as f64 * 7471.0)
-                        / 65536.0;
+                    let l = (p[0] as f64 * 19595.0 + p[1] as f64 * 38470.0 + p[2] as f64 * 7471.0) / 65536.0;
                     l.clamp(0.0, 1.0) as f32
                 })
                 .collect()
         }
     };
     debug_assert_eq!(pixels.len(), width as usize * height as usize);
-    Ok(GrayImage {
-        width,
-        height,
-        pixels,
-    })
+    Ok(GrayImage { width, height, pixels })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -468,9 +376,7 @@ fn decode_raster(
 mod dicom {
     use super::{DecodeError, GrayImage, check_dimensions, guarded};
     use dicom_dictionary_std::tags;
-    use dicom_object::{
-        DefaultDicomObject, FileMetaTableBuilder, OpenFileOptions, Tag, file::ReadPreamble,
-    };
+    use dicom_object::{DefaultDicomObject, FileMetaTableBuilder, OpenFileOptions, Tag, file::ReadPreamble};
     use dicom_pixeldata::{PixelDecoder, VoiLutFunction};
 
     /// How the DICOM bytes start.
@@ -543,15 +449,12 @@ mod dicom {
     fn open(bytes: &[u8], layout: Layout) -> Result<DefaultDicomObject, DecodeError> {
         let parse = |src: &[u8], preamble: ReadPreamble| {
             guarded("DICOM", || {
-                OpenFileOptions::new()
-                    .read_preamble(preamble)
-                    .from_reader(src)
-                    .map_err(|e| {
-                        DecodeError::Dicom(format!(
-                            "cannot parse the file (truncated, damaged or not DICOM): {}",
-                            error_chain(&e)
-                        ))
-                    })
+                OpenFileOptions::new().read_preamble(preamble).from_reader(src).map_err(|e| {
+                    DecodeError::Dicom(format!(
+                        "cannot parse the file (truncated, damaged or not DICOM): {}",
+                        error_chain(&e)
+                    ))
+                })
             })
         };
         match layout {
@@ -559,11 +462,7 @@ mod dicom {
             Layout::NoPreamble => parse(bytes, ReadPreamble::Never),
             Layout::BareImplicit | Layout::BareExplicit => {
                 // Give the data set the file meta group it lacks, then read it the normal way.
-                let ts = if layout == Layout::BareImplicit {
-                    IMPLICIT_VR_LE
-                } else {
-                    EXPLICIT_VR_LE
-                };
+                let ts = if layout == Layout::BareImplicit { IMPLICIT_VR_LE } else { EXPLICIT_VR_LE };
                 let meta = FileMetaTableBuilder::new()
                     .transfer_syntax(ts)
                     .media_storage_sop_class_uid("1.2.840.10008.5.1.4.1.1.7")
@@ -572,8 +471,7 @@ mod dicom {
                     .build()
                     .map_err(|e| DecodeError::Dicom(format!("internal error: {e}")))?;
                 let mut buf = b"DICM".to_vec();
-                meta.write(&mut buf)
-                    .map_err(|e| DecodeError::Dicom(format!("internal error: {e}")))?;
+                meta.write(&mut buf).map_err(|e| DecodeError::Dicom(format!("internal error: {e}")))?;
                 buf.extend_from_slice(bytes);
                 parse(&buf, ReadPreamble::Never).map_err(|e| match e {
                     DecodeError::Dicom(m) => DecodeError::Dicom(format!(
@@ -602,23 +500,19 @@ mod dicom {
 
     fn int_attr(obj: &DefaultDicomObject, tag: Tag) -> Result<Option<i64>, DecodeError> {
         match obj.element_opt(tag) {
-            Ok(Some(e)) => e.to_int::<i64>().map(Some).map_err(|err| {
-                DecodeError::Dicom(format!("attribute {tag} has an unreadable value: {err}"))
-            }),
+            Ok(Some(e)) => e
+                .to_int::<i64>()
+                .map(Some)
+                .map_err(|err| DecodeError::Dicom(format!("attribute {tag} has an unreadable value: {err}"))),
             Ok(None) => Ok(None),
-            Err(err) => Err(DecodeError::Dicom(format!(
-                "cannot read attribute {tag}: {err}"
-            ))),
+            Err(err) => Err(DecodeError::Dicom(format!("cannot read attribute {tag}: {err}"))),
         }
     }
 
     fn str_attr(obj: &DefaultDicomObject, tag: Tag) -> Option<String> {
         let e = obj.element_opt(tag).ok()??;
         let s = e.to_str().ok()?;
-        Some(
-            s.trim_matches(|c: char| c.is_whitespace() || c == '\0')
-                .to_uppercase(),
-        )
+        Some(s.trim_matches(|c: char| c.is_whitespace() || c == '\0').to_uppercase())
     }
 
     pub(super) fn decode(bytes: &[u8], layout: Layout) -> Result<GrayImage, DecodeError> {
@@ -628,16 +522,8 @@ mod dicom {
 
         // Everything we can refuse, refuse before touching the pixel data.
         if obj.element_opt(tags::PIXEL_DATA).ok().flatten().is_none() {
-            let what = if obj
-                .element_opt(tags::FLOAT_PIXEL_DATA)
-                .ok()
-                .flatten()
-                .is_some()
-                || obj
-                    .element_opt(tags::DOUBLE_FLOAT_PIXEL_DATA)
-                    .ok()
-                    .flatten()
-                    .is_some()
+            let what = if obj.element_opt(tags::FLOAT_PIXEL_DATA).ok().flatten().is_some()
+                || obj.element_opt(tags::DOUBLE_FLOAT_PIXEL_DATA).ok().flatten().is_some()
             {
                 "it holds floating-point pixel data, which is not supported"
             } else {
@@ -647,8 +533,7 @@ mod dicom {
             return Err(DecodeError::Dicom(what.to_string()));
         }
         let samples = int_attr(&obj, tags::SAMPLES_PER_PIXEL)?.unwrap_or(1);
-        let photometric = str_attr(&obj, tags::PHOTOMETRIC_INTERPRETATION)
-            .unwrap_or_else(|| "MONOCHROME2".to_string());
+        let photometric = str_attr(&obj, tags::PHOTOMETRIC_INTERPRETATION).unwrap_or_else(|| "MONOCHROME2".to_string());
         if samples != 1 || !(photometric == "MONOCHROME1" || photometric == "MONOCHROME2") {
             return Err(DecodeError::Dicom(format!(
                 "only grayscale images are supported, this one is {photometric} with \
@@ -662,8 +547,8 @@ mod dicom {
                  analyse as a single-frame file"
             )));
         }
-        let rows = int_attr(&obj, tags::ROWS)?
-            .ok_or_else(|| DecodeError::Dicom("the Rows attribute is missing".into()))?;
+        let rows =
+            int_attr(&obj, tags::ROWS)?.ok_or_else(|| DecodeError::Dicom("the Rows attribute is missing".into()))?;
         let cols = int_attr(&obj, tags::COLUMNS)?
             .ok_or_else(|| DecodeError::Dicom("the Columns attribute is missing".into()))?;
         if rows < 0 || cols < 0 {
@@ -676,12 +561,7 @@ mod dicom {
                 "Bits Allocated {bits_allocated} is not supported (8, 16 or 32 are)"
             )));
         }
-        if obj
-            .element_opt(tags::MODALITY_LUT_SEQUENCE)
-            .ok()
-            .flatten()
-            .is_some()
-        {
+        if obj.element_opt(tags::MODALITY_LUT_SEQUENCE).ok().flatten().is_some() {
             return Err(DecodeError::Dicom(
                 "a Modality LUT Sequence (non-linear modality LUT) is not supported".into(),
             ));
@@ -710,10 +590,7 @@ mod dicom {
         let n = width as usize * height as usize;
         let bytes_per = px.bits_allocated() as usize / 8;
         if !matches!(bytes_per, 1 | 2 | 4) {
-            return Err(DecodeError::Dicom(format!(
-                "decoded pixel data has {} bits allocated",
-                px.bits_allocated()
-            )));
+            return Err(DecodeError::Dicom(format!("decoded pixel data has {} bits allocated", px.bits_allocated())));
         }
         let data = px.data();
         if data.len() < n * bytes_per {
@@ -734,48 +611,31 @@ mod dicom {
         let signed = px.pixel_representation() == dicom_pixeldata::PixelRepresentation::Signed;
         let shift = 64 - bits_stored;
         let stored = |raw: u64| -> f64 {
-            if signed {
-                (((raw << shift) as i64) >> shift) as f64
-            } else {
-                ((raw << shift) >> shift) as f64
-            }
+            if signed { (((raw << shift) as i64) >> shift) as f64 } else { ((raw << shift) >> shift) as f64 }
         };
         let rescale = px
             .rescale()
             .ok()
             .and_then(|r| r.first().copied())
-            .unwrap_or(dicom_pixeldata::Rescale {
-                slope: 1.0,
-                intercept: 0.0,
-            });
+            .unwrap_or(dicom_pixeldata::Rescale { slope: 1.0, intercept: 0.0 });
         let mut values: Vec<f64> = Vec::with_capacity(n);
-        let samples_iter = data[..n * bytes_per]
-            .chunks_exact(bytes_per)
-            .map(|c| match c.len() {
-                1 => c[0] as u64,
-                2 => u16::from_ne_bytes([c[0], c[1]]) as u64,
-                _ => u32::from_ne_bytes([c[0], c[1], c[2], c[3]]) as u64,
-            });
+        let samples_iter = data[..n * bytes_per].chunks_exact(bytes_per).map(|c| match c.len() {
+            1 => c[0] as u64,
+            2 => u16::from_ne_bytes([c[0], c[1]]) as u64,
+            _ => u32::from_ne_bytes([c[0], c[1], c[2], c[3]]) as u64,
+        });
         values.extend(samples_iter.map(|raw| stored(raw) * rescale.slope + rescale.intercept));
 
         // VOI: table first, then window, else min-max.
-        let lut = px
-            .voi_lut_sequence()
-            .ok()
-            .flatten()
-            .and_then(|l| l.first().cloned());
+        let lut = px.voi_lut_sequence().ok().flatten().and_then(|l| l.first().cloned());
         let window = px
             .window()
             .ok()
             .flatten()
             .and_then(|w| w.first().copied())
             .filter(|w| w.center.is_finite() && w.width.is_finite());
-        let function = px
-            .voi_lut_function()
-            .ok()
-            .flatten()
-            .and_then(|f| f.first().copied())
-            .unwrap_or(VoiLutFunction::Linear);
+        let function =
+            px.voi_lut_function().ok().flatten().and_then(|f| f.first().copied()).unwrap_or(VoiLutFunction::Linear);
         let window = window.filter(|w| match function {
             VoiLutFunction::Linear => w.width >= 1.0,
             _ => w.width > 0.0,
@@ -800,9 +660,7 @@ mod dicom {
                 .iter()
                 .map(|&x| {
                     let y = match function {
-                        VoiLutFunction::Sigmoid => {
-                            1.0 / (1.0 + (-4.0 * (x - w.center) / w.width).exp())
-                        }
+                        VoiLutFunction::Sigmoid => 1.0 / (1.0 + (-4.0 * (x - w.center) / w.width).exp()),
                         _ => {
                             if x <= c - width / 2.0 {
                                 0.0
@@ -817,33 +675,17 @@ mod dicom {
                 })
                 .collect()
         } else {
-            let (lo, hi) = values
-                .iter()
-                .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &v| {
-                    (lo.min(v), hi.max(v))
-                });
+            let (lo, hi) =
+                values.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &v| (lo.min(v), hi.max(v)));
             let range = hi - lo;
-            values
-                .iter()
-                .map(|&v| {
-                    if range > 0.0 {
-                        ((v - lo) / range) as f32
-                    } else {
-                        0.0
-                    }
-                })
-                .collect()
+            values.iter().map(|&v| if range > 0.0 { ((v - lo) / range) as f32 } else { 0.0 }).collect()
         };
         if photometric == "MONOCHROME1" {
             for v in &mut out {
                 *v = 1.0 - *v;
             }
         }
-        Ok(GrayImage {
-            width,
-            height,
-            pixels: out,
-        })
+        Ok(GrayImage { width, height, pixels: out })
     }
 }
 
@@ -860,17 +702,13 @@ mod tests {
 
     fn png_bytes(w: u32, h: u32, color: image::ExtendedColorType, data: &[u8]) -> Vec<u8> {
         let mut out = Vec::new();
-        image::codecs::png::PngEncoder::new(&mut out)
-            .write_image(data, w, h, color)
-            .unwrap();
+        image::codecs::png::PngEncoder::new(&mut out).write_image(data, w, h, color).unwrap();
         out
     }
 
     fn jpeg_bytes(w: u32, h: u32, color: image::ExtendedColorType, data: &[u8]) -> Vec<u8> {
         let mut out = Vec::new();
-        image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 95)
-            .write_image(data, w, h, color)
-            .unwrap();
+        image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 95).write_image(data, w, h, color).unwrap();
         out
     }
 
@@ -902,17 +740,11 @@ mod tests {
         assert_eq!(im.pixels, vec![0.0, 1.0]);
 
         let rgb = png_bytes(2, 1, C::Rgb8, &[255, 0, 0, 123, 45, 67]);
-        assert_eq!(
-            decode_bytes(&rgb, "c").unwrap().pixels,
-            vec![76.0 / 255.0, 71.0 / 255.0]
-        );
+        assert_eq!(decode_bytes(&rgb, "c").unwrap().pixels, vec![76.0 / 255.0, 71.0 / 255.0]);
 
         // alpha is ignored, as by PIL's convert("L")
         let rgba = png_bytes(2, 1, C::Rgba8, &[255, 0, 0, 0, 123, 45, 67, 7]);
-        assert_eq!(
-            decode_bytes(&rgba, "c").unwrap().pixels,
-            vec![76.0 / 255.0, 71.0 / 255.0]
-        );
+        assert_eq!(decode_bytes(&rgba, "c").unwrap().pixels, vec![76.0 / 255.0, 71.0 / 255.0]);
 
         let la = png_bytes(1, 2, C::La8, &[51, 0, 204, 255]);
         let im = decode_bytes(&la, "la").unwrap();
@@ -940,20 +772,12 @@ mod tests {
         let gray: Vec<u8> = vec![100; 16 * 16];
         let im = decode_bytes(&jpeg_bytes(16, 16, C::L8, &gray), "g").unwrap();
         assert_eq!((im.width, im.height), (16, 16));
-        assert!(
-            im.pixels
-                .iter()
-                .all(|&v| (v - 100.0 / 255.0).abs() <= 2.0 / 255.0)
-        );
+        assert!(im.pixels.iter().all(|&v| (v - 100.0 / 255.0).abs() <= 2.0 / 255.0));
 
         let rgb: Vec<u8> = [200u8, 30, 60].repeat(16 * 16);
         let im = decode_bytes(&jpeg_bytes(16, 16, C::Rgb8, &rgb), "c").unwrap();
         let want = pil_luminance(200, 30, 60) as f32 / 255.0;
-        assert!(
-            im.pixels.iter().all(|&v| (v - want).abs() <= 3.0 / 255.0),
-            "{:?}",
-            &im.pixels[..4]
-        );
+        assert!(im.pixels.iter().all(|&v| (v - want).abs() <= 3.0 / 255.0), "{:?}", &im.pixels[..4]);
     }
 
     fn png_chunk(out: &mut Vec<u8>, kind: &[u8; 4], data: &[u8]) {
@@ -983,11 +807,7 @@ mod tests {
         for &b in data {
             crc ^= b as u32;
             for _ in 0..8 {
-                crc = if crc & 1 != 0 {
-                    (crc >> 1) ^ 0xEDB8_8320
-                } else {
-                    crc >> 1
-                };
+                crc = if crc & 1 != 0 { (crc >> 1) ^ 0xEDB8_8320 } else { crc >> 1 };
             }
         }
         !crc
@@ -1004,16 +824,10 @@ mod tests {
         }
         // under the side limit but over the pixel limit
         let bomb = png_claiming(16384, 16385);
-        assert!(matches!(
-            decode_bytes(&bomb, "b"),
-            Err(DecodeError::TooLarge { .. })
-        ));
+        assert!(matches!(decode_bytes(&bomb, "b"), Err(DecodeError::TooLarge { .. })));
         // a sane header with no image data is corrupt, not a panic
         let hollow = png_claiming(64, 64);
-        assert!(matches!(
-            decode_bytes(&hollow, "h"),
-            Err(DecodeError::Corrupt { .. })
-        ));
+        assert!(matches!(decode_bytes(&hollow, "h"), Err(DecodeError::Corrupt { .. })));
     }
 
     #[test]
@@ -1023,10 +837,7 @@ mod tests {
         let mut j = jpeg_bytes(8, 8, C::L8, &[0; 64]);
         let sof = j.windows(2).position(|w| w == [0xFF, 0xC0]).unwrap();
         j[sof + 5..sof + 9].copy_from_slice(&[0xFF, 0xFF, 0xFF, 0xFF]);
-        assert!(matches!(
-            decode_bytes(&j, "bomb"),
-            Err(DecodeError::TooLarge { .. })
-        ));
+        assert!(matches!(decode_bytes(&j, "bomb"), Err(DecodeError::TooLarge { .. })));
     }
 
     #[test]
@@ -1040,15 +851,7 @@ mod tests {
             let r = decode_bytes(&png[..cut], "t");
             assert!(r.is_err(), "PNG cut at {cut} decoded");
         }
-        for cut in [
-            3,
-            10,
-            100,
-            jpg.len() / 2,
-            jpg.len() - 10,
-            jpg.len() - 2,
-            jpg.len() - 1,
-        ] {
+        for cut in [3, 10, 100, jpg.len() / 2, jpg.len() - 10, jpg.len() - 2, jpg.len() - 1] {
             let r = decode_bytes(&jpg[..cut], "t");
             assert!(r.is_err(), "JPEG cut at {cut} decoded");
         }
@@ -1076,25 +879,13 @@ mod tests {
         assert!(matches!(decode_bytes(&[], "e"), Err(DecodeError::Empty)));
         let zero = png_claiming(0, 10);
         let r = decode_bytes(&zero, "z");
-        assert!(
-            matches!(
-                r,
-                Err(DecodeError::ZeroSize { .. }) | Err(DecodeError::Corrupt { .. })
-            ),
-            "{r:?}"
-        );
+        assert!(matches!(r, Err(DecodeError::ZeroSize { .. }) | Err(DecodeError::Corrupt { .. })), "{r:?}");
         let dcm = dicom_file(0, 4, "MONOCHROME2", 1, 16, &[]);
-        assert!(matches!(
-            decode_bytes(&dcm, "z"),
-            Err(DecodeError::ZeroSize { .. })
-        ));
+        assert!(matches!(decode_bytes(&dcm, "z"), Err(DecodeError::ZeroSize { .. })));
         match decode_bytes(b"GIF89a\x01\x00\x01\x00", "gif") {
             Err(e @ DecodeError::UnsupportedFormat { .. }) => {
                 let msg = e.to_string();
-                assert!(
-                    msg.contains("47 49 46 38") && msg.contains("GIF89a"),
-                    "{msg}"
-                );
+                assert!(msg.contains("47 49 46 38") && msg.contains("GIF89a"), "{msg}");
             }
             other => panic!("{other:?}"),
         }
@@ -1162,13 +953,7 @@ mod tests {
         for (g, e, vr, v) in extra {
             element(&mut ds, *g, *e, vr, v);
         }
-        element(
-            &mut ds,
-            0x7FE0,
-            0x0010,
-            if bits == 8 { b"OB" } else { b"OW" },
-            pixels,
-        );
+        element(&mut ds, 0x7FE0, 0x0010, if bits == 8 { b"OB" } else { b"OW" }, pixels);
         ds
     }
 
@@ -1179,47 +964,20 @@ mod tests {
     fn dicom_with_meta_ts(dataset: &[u8], ts: &str) -> Vec<u8> {
         let mut meta = Vec::new();
         element(&mut meta, 0x0002, 0x0001, b"OB", &[0, 1]);
-        element(
-            &mut meta,
-            0x0002,
-            0x0002,
-            b"UI",
-            b"1.2.840.10008.5.1.4.1.1.1",
-        );
+        element(&mut meta, 0x0002, 0x0002, b"UI", b"1.2.840.10008.5.1.4.1.1.1");
         element(&mut meta, 0x0002, 0x0003, b"UI", b"2.25.1234");
         element(&mut meta, 0x0002, 0x0010, b"UI", ts.as_bytes());
         element(&mut meta, 0x0002, 0x0012, b"UI", b"2.25.99");
         let mut out = vec![0u8; 128];
         out.extend_from_slice(b"DICM");
-        element(
-            &mut out,
-            0x0002,
-            0x0000,
-            b"UL",
-            &(meta.len() as u32).to_le_bytes(),
-        );
+        element(&mut out, 0x0002, 0x0000, b"UL", &(meta.len() as u32).to_le_bytes());
         out.extend_from_slice(&meta);
         out.extend_from_slice(dataset);
         out
     }
 
-    fn dicom_file(
-        rows: u16,
-        cols: u16,
-        photometric: &str,
-        samples: u16,
-        bits: u16,
-        px: &[u8],
-    ) -> Vec<u8> {
-        dicom_with_meta(&dicom_dataset(
-            rows,
-            cols,
-            photometric,
-            samples,
-            bits,
-            &[],
-            px,
-        ))
+    fn dicom_file(rows: u16, cols: u16, photometric: &str, samples: u16, bits: u16, px: &[u8]) -> Vec<u8> {
+        dicom_with_meta(&dicom_dataset(rows, cols, photometric, samples, bits, &[], px))
     }
 
     fn words(v: &[u16]) -> Vec<u8> {
@@ -1320,10 +1078,7 @@ mod tests {
     fn dicom_refusals_are_clear() {
         let rgb = dicom_file(1, 1, "RGB", 3, 8, &[1, 2, 3]);
         let e = decode_bytes(&rgb, "c").unwrap_err();
-        assert!(
-            matches!(e, DecodeError::Dicom(ref m) if m.contains("grayscale")),
-            "{e}"
-        );
+        assert!(matches!(e, DecodeError::Dicom(ref m) if m.contains("grayscale")), "{e}");
 
         let extra = vec![(0x0028, 0x0008, *b"IS", b"3".to_vec())];
         let ds = dicom_dataset(1, 1, "MONOCHROME2", 1, 8, &extra, &[1, 2, 3, 0]);
@@ -1334,17 +1089,11 @@ mod tests {
         // without allocating the buffer
         let ds = dicom_file(16384, 16384, "MONOCHROME2", 1, 16, &[0; 8]);
         let e = decode_bytes(&ds, "short").unwrap_err();
-        assert!(
-            matches!(e, DecodeError::Corrupt { .. } | DecodeError::Dicom(_)),
-            "{e}"
-        );
+        assert!(matches!(e, DecodeError::Corrupt { .. } | DecodeError::Dicom(_)), "{e}");
 
         // 65535 x 65535: over the limit, refused before decoding
         let ds = dicom_file(65535, 65535, "MONOCHROME2", 1, 16, &[0; 8]);
-        assert!(matches!(
-            decode_bytes(&ds, "bomb"),
-            Err(DecodeError::TooLarge { .. })
-        ));
+        assert!(matches!(decode_bytes(&ds, "bomb"), Err(DecodeError::TooLarge { .. })));
 
         // no pixel data
         let mut ds = Vec::new();
@@ -1374,9 +1123,7 @@ mod tests {
         let mut ds = dicom_dataset(rows, cols, "MONOCHROME2", 1, 8, &[], &[]);
         // drop the empty native Pixel Data element written by dicom_dataset (12 bytes)
         ds.truncate(ds.len() - 12);
-        ds.extend_from_slice(&[
-            0xE0, 0x7F, 0x10, 0x00, b'O', b'B', 0, 0, 0xFF, 0xFF, 0xFF, 0xFF,
-        ]);
+        ds.extend_from_slice(&[0xE0, 0x7F, 0x10, 0x00, b'O', b'B', 0, 0, 0xFF, 0xFF, 0xFF, 0xFF]);
         let item = |out: &mut Vec<u8>, data: &[u8]| {
             let mut d = data.to_vec();
             if d.len() % 2 == 1 {
@@ -1402,9 +1149,7 @@ mod tests {
     fn dicom_jpeg_baseline_and_rle_are_decoded() {
         use image::ExtendedColorType as C;
         let (w, h) = (24u16, 16u16);
-        let gray: Vec<u8> = (0..w as u32 * h as u32)
-            .map(|i| (i * 5 % 200 + 20) as u8)
-            .collect();
+        let gray: Vec<u8> = (0..w as u32 * h as u32).map(|i| (i * 5 % 200 + 20) as u8).collect();
 
         // JPEG baseline: the same stream as a plain .jpg and inside a DICOM file
         let jpg = jpeg_bytes(w as u32, h as u32, C::L8, &gray);
@@ -1434,30 +1179,16 @@ mod tests {
 
     #[test]
     fn dicom_unsupported_transfer_syntax_is_named() {
-        let dcm = dicom_encapsulated(
-            "1.2.840.10008.1.2.4.80",
-            4,
-            4,
-            &[0xFF, 0xD8, 0xFF, 0xF7, 0, 0],
-        );
+        let dcm = dicom_encapsulated("1.2.840.10008.1.2.4.80", 4, 4, &[0xFF, 0xD8, 0xFF, 0xF7, 0, 0]);
         let e = decode_bytes(&dcm, "jls").unwrap_err();
         let msg = e.to_string();
         println!("{msg}");
-        assert!(
-            msg.contains("JPEG-LS Lossless") && msg.contains("1.2.840.10008.1.2.4.80"),
-            "{msg}"
-        );
+        assert!(msg.contains("JPEG-LS Lossless") && msg.contains("1.2.840.10008.1.2.4.80"), "{msg}");
     }
 
     #[test]
     fn transfer_syntax_names() {
-        assert_eq!(
-            dicom::transfer_syntax_name("1.2.840.10008.1.2.4.80"),
-            "JPEG-LS Lossless"
-        );
-        assert_eq!(
-            dicom::transfer_syntax_name("9.9"),
-            "unknown transfer syntax"
-        );
+        assert_eq!(dicom::transfer_syntax_name("1.2.840.10008.1.2.4.80"), "JPEG-LS Lossless");
+        assert_eq!(dicom::transfer_syntax_name("9.9"), "unknown transfer syntax");
     }
 }

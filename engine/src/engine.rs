@@ -5,7 +5,7 @@ use crate::backend::{self, Backend, BackendOptions, Provider, ProviderChoice};
 use crate::decode::{self, GrayImage};
 use crate::explain::{self, DenseAccumulator};
 use crate::model::{Model, ModelOrigin};
-use crate::{preprocess, tile, EngineError};
+use crate::{EngineError, preprocess, tile};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -34,7 +34,12 @@ pub struct EngineBuilder {
 
 impl Default for EngineBuilder {
     fn default() -> Self {
-        Self { model: ModelSource::Default, provider: ProviderChoice::Auto, options: BackendOptions::default(), batch_size: 256 }
+        Self {
+            model: ModelSource::Default,
+            provider: ProviderChoice::Auto,
+            options: BackendOptions::default(),
+            batch_size: 256,
+        }
     }
 }
 
@@ -207,7 +212,12 @@ impl Engine {
                 }
                 let logits = explain::mean_logits(patch_logits, classes);
                 let probabilities = logits.iter().map(|&z| explain::sigmoid(z)).collect();
-                let timings = Timings { tile: tile_time, backend: backend_time, aggregate: started.elapsed(), ..Default::default() };
+                let timings = Timings {
+                    tile: tile_time,
+                    backend: backend_time,
+                    aggregate: started.elapsed(),
+                    ..Default::default()
+                };
                 Ok(Prediction {
                     logits,
                     probabilities,

@@ -13,7 +13,7 @@ pub mod render;
 pub mod tile;
 
 pub use backend::{BackendOptions, Provider, ProviderChoice};
-pub use engine::{DenseMap, Engine, EngineBuilder, ModelSource, Prediction, Timings, DEFAULT_MODEL_BYTES};
+pub use engine::{DEFAULT_MODEL_BYTES, DenseMap, Engine, EngineBuilder, ModelSource, Prediction, Timings};
 pub use explain::MapKind;
 pub use model::{Model, ModelOrigin};
 

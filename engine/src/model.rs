@@ -1,8 +1,8 @@
 //! A MedicalPatchNet ONNX model and what its metadata promises (see `medpatch_models::contract`).
 
 use crate::EngineError;
-use medpatch_models::contract::{INPUT_NAME, OUTPUT_NAME};
 use medpatch_models::ModelMetadata;
+use medpatch_models::contract::{INPUT_NAME, OUTPUT_NAME};
 use prost::Message;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -51,11 +51,13 @@ impl Model {
     pub fn from_bytes(bytes: Arc<[u8]>, origin: ModelOrigin) -> Result<Self, EngineError> {
         let fail = |problem: String| EngineError::Model { origin: origin.to_string(), problem };
         let proto = pb::ModelProto::decode(&*bytes).map_err(|e| fail(format!("not an ONNX model ({e})")))?;
-        let metadata = ModelMetadata::from_props(proto.metadata_props.iter().map(|p| (p.key.as_str(), p.value.as_str())))
-            .map_err(|e| fail(e.to_string()))?;
+        let metadata =
+            ModelMetadata::from_props(proto.metadata_props.iter().map(|p| (p.key.as_str(), p.value.as_str())))
+                .map_err(|e| fail(e.to_string()))?;
         let graph = proto.graph.as_ref().ok_or_else(|| fail("the model has no graph".into()))?;
         let initializers: std::collections::HashSet<&str> = graph.initializer.iter().map(|t| t.name.as_str()).collect();
-        let inputs: Vec<&pb::ValueInfoProto> = graph.input.iter().filter(|i| !initializers.contains(i.name.as_str())).collect();
+        let inputs: Vec<&pb::ValueInfoProto> =
+            graph.input.iter().filter(|i| !initializers.contains(i.name.as_str())).collect();
         let [input] = inputs.as_slice() else {
             return Err(fail(format!("expected one input '{INPUT_NAME}', found {}", inputs.len())));
         };
@@ -71,7 +73,7 @@ impl Model {
                     "input '{}' has shape {}, expected [N, C, {p}, {p}] (the metadata's patch size)",
                     input.name,
                     show_dims(&in_dims)
-                )))
+                )));
             }
         };
         let out_dims = static_dims(output);
@@ -107,7 +109,15 @@ fn static_dims(info: &pb::ValueInfoProto) -> Vec<Option<i64>> {
     };
     t.shape
         .as_ref()
-        .map(|s| s.dim.iter().map(|d| match d.value { Some(Value::DimValue(v)) => Some(v), _ => None }).collect())
+        .map(|s| {
+            s.dim
+                .iter()
+                .map(|d| match d.value {
+                    Some(Value::DimValue(v)) => Some(v),
+                    _ => None,
+                })
+                .collect()
+        })
         .unwrap_or_default()
 }
 

@@ -48,11 +48,7 @@ pub fn center_crop_square(img: &GrayImage) -> GrayImage {
         let row = y as usize * w as usize;
         pixels.extend_from_slice(&img.pixels[row + left as usize..row + (left + side) as usize]);
     }
-    GrayImage {
-        width: side,
-        height: side,
-        pixels,
-    }
+    GrayImage { width: side, height: side, pixels }
 }
 
 /// torchvision's `int(round((size - crop) / 2.0))` with Python's banker's rounding.
@@ -86,11 +82,7 @@ impl AxisWeights {
     fn new(in_size: usize, out_size: usize) -> Self {
         assert!(in_size > 0 && out_size > 0, "resize axes must be non-empty");
         let scale = in_size as f64 / out_size as f64;
-        let (support, inv_scale) = if scale >= 1.0 {
-            (scale, 1.0 / scale)
-        } else {
-            (1.0, 1.0)
-        };
+        let (support, inv_scale) = if scale >= 1.0 { (scale, 1.0 / scale) } else { (1.0, 1.0) };
         // Largest window any output sample can have, plus slack for the rounding of the bounds.
         let taps = ((support * 2.0).ceil() as usize + 2).min(in_size);
         let mut start = Vec::with_capacity(out_size);
@@ -112,30 +104,18 @@ impl AxisWeights {
             }
             let row = &mut weights[i * taps..i * taps + n];
             for (dst, w) in row.iter_mut().zip(&w64[..n]) {
-                *dst = if total != 0.0 {
-                    (*w / total) as f32
-                } else {
-                    0.0
-                };
+                *dst = if total != 0.0 { (*w / total) as f32 } else { 0.0 };
             }
             start.push(lo);
             len.push(n);
         }
-        AxisWeights {
-            start,
-            len,
-            taps,
-            weights,
-        }
+        AxisWeights { start, len, taps, weights }
     }
 
     #[inline]
     fn of(&self, i: usize) -> (usize, &[f32]) {
         let n = self.len[i];
-        (
-            self.start[i],
-            &self.weights[i * self.taps..i * self.taps + n],
-        )
+        (self.start[i], &self.weights[i * self.taps..i * self.taps + n])
     }
 }
 
@@ -149,17 +129,9 @@ pub fn resize_antialiased(img: &GrayImage, out_w: u32, out_h: u32) -> GrayImage 
     let (in_w, in_h) = (img.width as usize, img.height as usize);
     let (ow, oh) = (out_w as usize, out_h as usize);
     if ow == 0 || oh == 0 || in_w == 0 || in_h == 0 {
-        return GrayImage {
-            width: out_w,
-            height: out_h,
-            pixels: vec![0.0; ow * oh],
-        };
+        return GrayImage { width: out_w, height: out_h, pixels: vec![0.0; ow * oh] };
     }
-    assert_eq!(
-        img.pixels.len(),
-        in_w * in_h,
-        "GrayImage pixel count does not match its size"
-    );
+    assert_eq!(img.pixels.len(), in_w * in_h, "GrayImage pixel count does not match its size");
 
     // Horizontal pass: in_h rows of in_w -> in_h rows of ow.
     let horizontal: std::borrow::Cow<'_, [f32]> = if ow == in_w {
@@ -199,11 +171,7 @@ pub fn resize_antialiased(img: &GrayImage, out_w: u32, out_h: u32) -> GrayImage 
         out
     };
 
-    GrayImage {
-        width: out_w,
-        height: out_h,
-        pixels,
-    }
+    GrayImage { width: out_w, height: out_h, pixels }
 }
 
 /// The seed preprocessing: [`center_crop_square`] then [`resize_antialiased`] to `size`×`size`.
@@ -220,17 +188,11 @@ mod tests {
 
     fn img(width: u32, height: u32, pixels: Vec<f32>) -> GrayImage {
         assert_eq!(pixels.len(), (width * height) as usize);
-        GrayImage {
-            width,
-            height,
-            pixels,
-        }
+        GrayImage { width, height, pixels }
     }
 
     fn ramp(width: u32, height: u32) -> GrayImage {
-        let pixels = (0..width * height)
-            .map(|i| ((i * 37) % 101) as f32 / 100.0)
-            .collect();
+        let pixels = (0..width * height).map(|i| ((i * 37) % 101) as f32 / 100.0).collect();
         img(width, height, pixels)
     }
 
@@ -286,13 +248,9 @@ mod tests {
 
     #[test]
     fn resize_keeps_a_constant_image_constant() {
-        for &(w, h, ow, oh) in &[
-            (1024, 1024, 512, 512),
-            (1841, 1841, 512, 512),
-            (300, 300, 512, 512),
-            (7, 13, 5, 29),
-            (1, 1, 4, 3),
-        ] {
+        for &(w, h, ow, oh) in
+            &[(1024, 1024, 512, 512), (1841, 1841, 512, 512), (300, 300, 512, 512), (7, 13, 5, 29), (1, 1, 4, 3)]
+        {
             let im = img(w, h, vec![0.625; (w * h) as usize]);
             let r = resize_antialiased(&im, ow, oh);
             assert_eq!((r.width, r.height), (ow, oh));
@@ -357,8 +315,7 @@ mod tests {
         let row: Vec<f32> = (0..n).map(|v| ((v * 7919) % 256) as f32 / 255.0).collect();
         let r = resize_antialiased(&img(n, 1, row.clone()), 512, 1);
         for i in 1..511usize {
-            let want =
-                (row[2 * i - 1] + 3.0 * row[2 * i] + 3.0 * row[2 * i + 1] + row[2 * i + 2]) / 8.0;
+            let want = (row[2 * i - 1] + 3.0 * row[2 * i] + 3.0 * row[2 * i + 1] + row[2 * i + 2]) / 8.0;
             assert!((r.pixels[i] - want).abs() < 1e-6, "{i}");
         }
     }

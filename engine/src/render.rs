@@ -34,10 +34,8 @@ pub fn png_rgb8(width: u32, height: u32, rgb: &[u8]) -> Result<Vec<u8>, String> 
 
 /// A [0, 1] map as a 16-bit grayscale PNG (`round(v · 65535)`, big-endian samples).
 pub fn png_gray16(width: u32, height: u32, values: &[f32]) -> Result<Vec<u8>, String> {
-    let bytes: Vec<u8> = values
-        .iter()
-        .flat_map(|&v| ((v.clamp(0.0, 1.0) * 65535.0).round() as u16).to_be_bytes())
-        .collect();
+    let bytes: Vec<u8> =
+        values.iter().flat_map(|&v| ((v.clamp(0.0, 1.0) * 65535.0).round() as u16).to_be_bytes()).collect();
     encode_png(width, height, &bytes, image::ExtendedColorType::L16)
 }
 

@@ -33,9 +33,6 @@ mod tests {
         // 4×4 image of its own pixel indices, 2×2 patches.
         let image: Vec<f32> = (0..16).map(|v| v as f32).collect();
         let patches = tile(&image, 4, 2);
-        assert_eq!(
-            patches,
-            vec![0., 1., 4., 5., 2., 3., 6., 7., 8., 9., 12., 13., 10., 11., 14., 15.]
-        );
+        assert_eq!(patches, vec![0., 1., 4., 5., 2., 3., 6., 7., 8., 9., 12., 13., 10., 11., 14., 15.]);
     }
 }

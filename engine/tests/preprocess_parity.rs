@@ -37,49 +37,27 @@ fn cxr_dir() -> PathBuf {
 /// Read a little-endian float32 C-order `.npy` file (format versions 1-3) written by numpy.save.
 fn read_npy_f32(path: &Path) -> (Vec<usize>, Vec<f32>) {
     let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    assert!(
-        bytes.starts_with(b"\x93NUMPY"),
-        "{}: not an .npy file",
-        path.display()
-    );
+    assert!(bytes.starts_with(b"\x93NUMPY"), "{}: not an .npy file", path.display());
     let major = bytes[6];
     let (header_len, start) = match major {
         1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10),
-        2 | 3 => (
-            u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize,
-            12,
-        ),
+        2 | 3 => (u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize, 12),
         v => panic!("{}: unsupported .npy version {v}", path.display()),
     };
     let header = std::str::from_utf8(&bytes[start..start + header_len]).unwrap();
-    assert!(
-        header.contains("'descr': '<f4'"),
-        "{}: not float32 LE: {header}",
-        path.display()
-    );
-    assert!(
-        header.contains("'fortran_order': False"),
-        "{}: Fortran order: {header}",
-        path.display()
-    );
+    assert!(header.contains("'descr': '<f4'"), "{}: not float32 LE: {header}", path.display());
+    assert!(header.contains("'fortran_order': False"), "{}: Fortran order: {header}", path.display());
     let shape_txt = header
         .split("'shape': (")
         .nth(1)
         .and_then(|s| s.split(')').next())
         .unwrap_or_else(|| panic!("{}: no shape in {header}", path.display()));
-    let shape: Vec<usize> = shape_txt
-        .split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(|s| s.parse().unwrap())
-        .collect();
+    let shape: Vec<usize> =
+        shape_txt.split(',').map(str::trim).filter(|s| !s.is_empty()).map(|s| s.parse().unwrap()).collect();
     let data = &bytes[start + header_len..];
     let n: usize = shape.iter().product();
     assert_eq!(data.len(), n * 4, "{}: data length", path.display());
-    let values = data
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect();
+    let values = data.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
     (shape, values)
 }
 
@@ -95,18 +73,12 @@ fn run_reference(images: &[PathBuf], decoded: bool) -> tempfile::TempDir {
     let script = workspace_root().join("tests/python/preprocess_reference.py");
     let out = tempfile::tempdir().unwrap();
     let mut cmd = Command::new(&py);
-    cmd.arg(&script)
-        .arg("--out")
-        .arg(out.path())
-        .arg("--size")
-        .arg(SIZE.to_string());
+    cmd.arg(&script).arg("--out").arg(out.path()).arg("--size").arg(SIZE.to_string());
     if decoded {
         cmd.arg("--decoded");
     }
     cmd.args(images);
-    let result = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {}: {e}", py.display()));
+    let result = cmd.output().unwrap_or_else(|e| panic!("cannot run {}: {e}", py.display()));
     assert!(
         result.status.success(),
         "{} {} failed ({}); if modules are missing run scripts/setup.sh\n--- stderr\n{}",
@@ -132,19 +104,11 @@ fn diff(a: &[f32], b: &[f32]) -> Diff {
         max = max.max(d);
         sum += d as f64;
     }
-    Diff {
-        max,
-        mean: sum / a.len() as f64,
-    }
+    Diff { max, mean: sum / a.len() as f64 }
 }
 
 fn format_of(path: &Path) -> &'static str {
-    match path
-        .extension()
-        .and_then(|e| e.to_str())
-        .map(str::to_ascii_lowercase)
-        .as_deref()
-    {
+    match path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase).as_deref() {
         Some("png") => "PNG",
         Some("jpg" | "jpeg") => "JPEG",
         Some("dcm") => "DICOM",
@@ -157,16 +121,9 @@ fn real_images() -> Vec<PathBuf> {
     let mut images = Vec::new();
     for sub in ["nih/images", "pediatric", "dicom"] {
         let dir = root.join(sub);
-        let entries = std::fs::read_dir(&dir).unwrap_or_else(|e| {
-            panic!(
-                "{}: {e} (the shared X-ray set is expected there)",
-                dir.display()
-            )
-        });
-        let mut found: Vec<PathBuf> = entries
-            .map(|e| e.unwrap().path())
-            .filter(|p| format_of(p) != "other")
-            .collect();
+        let entries = std::fs::read_dir(&dir)
+            .unwrap_or_else(|e| panic!("{}: {e} (the shared X-ray set is expected there)", dir.display()));
+        let mut found: Vec<PathBuf> = entries.map(|e| e.unwrap().path()).filter(|p| format_of(p) != "other").collect();
         found.sort();
         images.extend(found);
     }
@@ -176,19 +133,14 @@ fn real_images() -> Vec<PathBuf> {
 #[test]
 fn real_xrays_match_the_python_reference() {
     let images = real_images();
-    assert_eq!(
-        images.iter().filter(|p| format_of(p) == "PNG").count(),
-        32,
-        "expected the 32 NIH PNGs"
-    );
+    assert_eq!(images.iter().filter(|p| format_of(p) == "PNG").count(), 32, "expected the 32 NIH PNGs");
     assert_eq!(images.iter().filter(|p| format_of(p) == "JPEG").count(), 8);
     assert_eq!(images.iter().filter(|p| format_of(p) == "DICOM").count(), 1);
 
     let out = run_reference(&images, true);
     let mut failures = Vec::new();
     // per format: (worst max, worst mean, sum of means, count, worst decode max)
-    let mut per_format: std::collections::BTreeMap<&str, (f32, f64, f64, usize, f32)> =
-        Default::default();
+    let mut per_format: std::collections::BTreeMap<&str, (f32, f64, f64, usize, f32)> = Default::default();
     println!(
         "{:<34} {:>10} {:>8} {:>9} | decoded: {:>7} {:>8}",
         "image (preprocessed, ×255)", "size", "max", "mean", "max", "mean"
@@ -196,12 +148,7 @@ fn real_xrays_match_the_python_reference() {
     for (i, path) in images.iter().enumerate() {
         let img: GrayImage = decode_path(path).unwrap_or_else(|e| panic!("{e}"));
         let (dshape, dref) = read_npy_f32(&out.path().join(format!("{i}.decoded.npy")));
-        assert_eq!(
-            dshape,
-            vec![img.height as usize, img.width as usize],
-            "{}: decoded size",
-            path.display()
-        );
+        assert_eq!(dshape, vec![img.height as usize, img.width as usize], "{}: decoded size", path.display());
         let dec = diff(&img.pixels, &dref);
 
         let t0 = std::time::Instant::now();
@@ -219,9 +166,7 @@ fn real_xrays_match_the_python_reference() {
             dec.max * 255.0,
             dec.mean * 255.0
         );
-        let entry = per_format
-            .entry(format_of(path))
-            .or_insert((0.0, 0.0, 0.0, 0, 0.0));
+        let entry = per_format.entry(format_of(path)).or_insert((0.0, 0.0, 0.0, 0, 0.0));
         entry.0 = entry.0.max(d.max);
         entry.1 = entry.1.max(d.mean);
         entry.2 += d.mean;
@@ -236,9 +181,7 @@ fn real_xrays_match_the_python_reference() {
             ));
         }
     }
-    println!(
-        "\nper format (in 1/255 units): worst max, worst mean, average mean, decode worst max"
-    );
+    println!("\nper format (in 1/255 units): worst max, worst mean, average mean, decode worst max");
     for (fmt, (max, worst_mean, sum, n, dmax)) in &per_format {
         println!(
             "{fmt:<6} n={n:<3} max {:.4}  worst mean {:.5}  avg mean {:.5}  decode max {:.4}",
@@ -248,11 +191,7 @@ fn real_xrays_match_the_python_reference() {
             dmax * 255.0
         );
     }
-    assert!(
-        failures.is_empty(),
-        "over tolerance:\n{}",
-        failures.join("\n")
-    );
+    assert!(failures.is_empty(), "over tolerance:\n{}", failures.join("\n"));
 }
 
 /// Exact 8-bit PNG decoding isolates crop + resize: these must agree to float rounding.
@@ -260,15 +199,7 @@ fn real_xrays_match_the_python_reference() {
 fn synthetic_sizes_match_the_python_reference_exactly() {
     let dir = tempfile::tempdir().unwrap();
     // (width, height): downscale, upscale, odd and even crop differences, mixed up/down.
-    let sizes = [
-        (1024, 1024),
-        (1841, 1955),
-        (300, 300),
-        (301, 517),
-        (777, 600),
-        (513, 2000),
-        (64, 90),
-    ];
+    let sizes = [(1024, 1024), (1841, 1955), (300, 300), (301, 517), (777, 600), (513, 2000), (64, 90)];
     let mut paths = Vec::new();
     for (k, &(w, h)) in sizes.iter().enumerate() {
         let mut state = 0x9E37_79B9u32.wrapping_mul(k as u32 + 1);
@@ -295,21 +226,12 @@ fn synthetic_sizes_match_the_python_reference_exactly() {
         let ours = preprocess(&img, SIZE);
         let (_, reference) = read_npy_f32(&out.path().join(format!("{i}.npy")));
         let d = diff(&ours.pixels, &reference);
-        println!(
-            "{:<28} max |Δ| {:.3e}  mean |Δ| {:.3e}",
-            path.file_name().unwrap().to_string_lossy(),
-            d.max,
-            d.mean
-        );
+        println!("{:<28} max |Δ| {:.3e}  mean |Δ| {:.3e}", path.file_name().unwrap().to_string_lossy(), d.max, d.mean);
         if d.max > 1e-5 {
             failures.push(format!("{}: max |Δ| {:.3e}", path.display(), d.max));
         }
     }
-    assert!(
-        failures.is_empty(),
-        "resize differs from torchvision:\n{}",
-        failures.join("\n")
-    );
+    assert!(failures.is_empty(), "resize differs from torchvision:\n{}", failures.join("\n"));
 }
 
 /// A real radiograph cut short must fail cleanly, whatever the format.
@@ -317,10 +239,8 @@ fn synthetic_sizes_match_the_python_reference_exactly() {
 fn truncated_real_files_are_errors() {
     let root = cxr_dir();
     let samples = [
-        root.join("nih/images")
-            .join(first_file(&root.join("nih/images"))),
-        root.join("pediatric")
-            .join(first_file(&root.join("pediatric"))),
+        root.join("nih/images").join(first_file(&root.join("nih/images"))),
+        root.join("pediatric").join(first_file(&root.join("pediatric"))),
         root.join("dicom/RG1_UNCR.dcm"),
     ];
     for path in samples {
@@ -335,10 +255,8 @@ fn truncated_real_files_are_errors() {
 }
 
 fn first_file(dir: &Path) -> String {
-    let mut names: Vec<String> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
+    let mut names: Vec<String> =
+        std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
     names.sort();
     names.into_iter().next().unwrap()
 }
@@ -356,8 +274,7 @@ fn synthetic_colour_jpegs_match_the_python_reference() {
         for y in 0..h {
             for x in 0..w {
                 // an X-ray-like smooth field with some edges, gray or tinted
-                let v = ((x as f32 / 40.0).sin() * 60.0 + (y as f32 / 25.0).cos() * 50.0 + 128.0)
-                    as i32
+                let v = ((x as f32 / 40.0).sin() * 60.0 + (y as f32 / 25.0).cos() * 50.0 + 128.0) as i32
                     + if (x / 50 + y / 50) % 2 == 0 { 20 } else { -20 };
                 for t in tint {
                     rgb.push((v + t).clamp(0, 255) as u8);
@@ -390,17 +307,8 @@ fn synthetic_colour_jpegs_match_the_python_reference() {
             dec.mean * 255.0
         );
         if d.max > 2.0 / 255.0 || d.mean > 0.5 / 255.0 {
-            failures.push(format!(
-                "{}: max {:.3}/255 mean {:.4}/255",
-                path.display(),
-                d.max * 255.0,
-                d.mean * 255.0
-            ));
+            failures.push(format!("{}: max {:.3}/255 mean {:.4}/255", path.display(), d.max * 255.0, d.mean * 255.0));
         }
     }
-    assert!(
-        failures.is_empty(),
-        "over tolerance:\n{}",
-        failures.join("\n")
-    );
+    assert!(failures.is_empty(), "over tolerance:\n{}", failures.join("\n"));
 }

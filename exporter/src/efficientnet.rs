@@ -31,7 +31,12 @@ impl std::fmt::Display for WeightProblems {
                 return Ok(());
             }
             const SHOWN: usize = 12;
-            write!(f, "\n  {} {what}: {}", names.len(), names.iter().take(SHOWN).cloned().collect::<Vec<_>>().join(", "))?;
+            write!(
+                f,
+                "\n  {} {what}: {}",
+                names.len(),
+                names.iter().take(SHOWN).cloned().collect::<Vec<_>>().join(", ")
+            )?;
             if names.len() > SHOWN { write!(f, ", …") } else { Ok(()) }
         };
         write!(f, "the weights do not fit the architecture")?;
@@ -91,7 +96,17 @@ impl Builder<'_> {
     /// torchvision `Conv2dNormActivation` at `module` (`{module}.0` conv without bias, `{module}.1`
     /// batch norm), folded: W' = W·γ/√(σ²+ε), b' = β − μ·γ/√(σ²+ε), computed in f64.
     #[allow(clippy::too_many_arguments)]
-    fn conv_bn(&mut self, module: &str, x: &str, cin: usize, cout: usize, kernel: usize, stride: usize, groups: usize, act: Activation) -> String {
+    fn conv_bn(
+        &mut self,
+        module: &str,
+        x: &str,
+        cin: usize,
+        cout: usize,
+        kernel: usize,
+        stride: usize,
+        groups: usize,
+        act: Activation,
+    ) -> String {
         let w = self.reader.take(&format!("{module}.0.weight"), &[cout, cin / groups, kernel, kernel]);
         let gamma = self.reader.take(&format!("{module}.1.weight"), &[cout]);
         let beta = self.reader.take(&format!("{module}.1.bias"), &[cout]);
@@ -113,7 +128,16 @@ impl Builder<'_> {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn conv(&mut self, module: &str, x: &str, weight: Vec<f32>, bias: Vec<f32>, dims: [usize; 4], stride: usize, groups: usize) -> String {
+    fn conv(
+        &mut self,
+        module: &str,
+        x: &str,
+        weight: Vec<f32>,
+        bias: Vec<f32>,
+        dims: [usize; 4],
+        stride: usize,
+        groups: usize,
+    ) -> String {
         let w = self.graph.initializer(&format!("{module}.weight"), &dims, weight);
         let b = self.graph.initializer(&format!("{module}.bias"), &[dims[0]], bias);
         let pad = (dims[2] as i64 - 1) / 2;
@@ -236,7 +260,12 @@ pub fn random_weights(arch: &ArchConfig, num_classes: usize, seed: u64) -> Weigh
     let mut squeeze_excitations: Vec<(String, usize, usize)> = Vec::new();
     conv_bns.push(("features.0".into(), arch.stem_channels as usize, arch.in_channels as usize, 3));
     for block in arch.blocks() {
-        let (i, e, o, k) = (block.in_channels as usize, block.expanded_channels as usize, block.out_channels as usize, block.kernel as usize);
+        let (i, e, o, k) = (
+            block.in_channels as usize,
+            block.expanded_channels as usize,
+            block.out_channels as usize,
+            block.kernel as usize,
+        );
         let m = |p: usize| format!("{}.block.{p}", block.prefix);
         match block.kind {
             BlockKind::FusedMbconv if block.expands() => {

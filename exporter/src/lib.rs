@@ -87,15 +87,13 @@ pub fn export(options: &ExportOptions) -> Result<ExportReport, ExportError> {
     let started = Instant::now();
     let p = options.patch_size;
     if p == 0 || !options.image_size.is_multiple_of(p) {
-        return Err(ExportError::Options(format!(
-            "patch size {p} must divide the image size {}",
-            options.image_size
-        )));
+        return Err(ExportError::Options(format!("patch size {p} must divide the image size {}", options.image_size)));
     }
     let (weights, origin, source) = match &options.weights {
         WeightsSource::File(path) => {
             let w = weights::load(path)?;
-            let name = path.file_name().map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into_owned());
+            let name =
+                path.file_name().map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into_owned());
             (w, path.display().to_string(), format!("weights file {name}"))
         }
         WeightsSource::Random { seed, num_classes } => (
@@ -156,4 +154,3 @@ pub fn export(options: &ExportOptions) -> Result<ExportReport, ExportError> {
         elapsed: started.elapsed(),
     })
 }
-

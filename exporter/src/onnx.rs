@@ -1,9 +1,9 @@
 //! A minimal ONNX graph writer over the protobuf types tract-onnx already generates.
 
 use tract_onnx::pb::{
-    self, attribute_proto::AttributeType, tensor_proto::DataType, tensor_shape_proto::dimension, type_proto,
-    AttributeProto, GraphProto, ModelProto, NodeProto, OperatorSetIdProto, StringStringEntryProto, TensorProto,
-    TensorShapeProto, TypeProto, ValueInfoProto,
+    self, AttributeProto, GraphProto, ModelProto, NodeProto, OperatorSetIdProto, StringStringEntryProto, TensorProto,
+    TensorShapeProto, TypeProto, ValueInfoProto, attribute_proto::AttributeType, tensor_proto::DataType,
+    tensor_shape_proto::dimension, type_proto,
 };
 
 /// ONNX opset the exported graphs target (every op used is unchanged since well before it).
@@ -57,8 +57,12 @@ impl GraphBuilder {
         let attribute = attrs
             .into_iter()
             .map(|(n, a)| match a {
-                Attr::Int(i) => AttributeProto { name: n.into(), r#type: AttributeType::Int as i32, i, ..Default::default() },
-                Attr::Ints(ints) => AttributeProto { name: n.into(), r#type: AttributeType::Ints as i32, ints, ..Default::default() },
+                Attr::Int(i) => {
+                    AttributeProto { name: n.into(), r#type: AttributeType::Int as i32, i, ..Default::default() }
+                }
+                Attr::Ints(ints) => {
+                    AttributeProto { name: n.into(), r#type: AttributeType::Ints as i32, ints, ..Default::default() }
+                }
             })
             .collect();
         self.nodes.push(NodeProto {

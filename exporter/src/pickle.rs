@@ -16,9 +16,15 @@ pub enum Value {
     Tuple(Vec<Value>),
     List(Vec<Value>),
     Dict(Vec<(Value, Value)>),
-    Global { module: String, name: String },
+    Global {
+        module: String,
+        name: String,
+    },
     /// `callable(*args)`, recorded, not run.
-    Call { callable: Box<Value>, args: Vec<Value> },
+    Call {
+        callable: Box<Value>,
+        args: Vec<Value>,
+    },
     /// A persistent id (torch: a storage reference).
     PersistentId(Box<Value>),
 }
@@ -100,9 +106,7 @@ impl Machine<'_> {
     fn string(&mut self, len: usize) -> Result<Value, PickleError> {
         let pos = self.pos;
         let bytes = self.take(len)?.to_vec();
-        String::from_utf8(bytes)
-            .map(Value::Str)
-            .map_err(|_| self.malformed_at(pos, "invalid UTF-8 in a string"))
+        String::from_utf8(bytes).map(Value::Str).map_err(|_| self.malformed_at(pos, "invalid UTF-8 in a string"))
     }
     fn malformed_at(&self, pos: usize, problem: &str) -> PickleError {
         PickleError::Malformed { pos, problem: problem.to_string() }

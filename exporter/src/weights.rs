@@ -104,7 +104,9 @@ fn safetensors_tensors(bytes: &[u8]) -> Result<Vec<(String, Tensor)>, String> {
             Dtype::F32 => decode_le(data, 4, |b| f32::from_le_bytes(b.try_into().unwrap())),
             Dtype::F64 => decode_le(data, 8, |b| f64::from_le_bytes(b.try_into().unwrap()) as f32),
             Dtype::F16 => decode_le(data, 2, |b| f16_to_f32(u16::from_le_bytes(b.try_into().unwrap()))),
-            Dtype::BF16 => decode_le(data, 2, |b| f32::from_bits((u16::from_le_bytes(b.try_into().unwrap()) as u32) << 16)),
+            Dtype::BF16 => {
+                decode_le(data, 2, |b| f32::from_bits((u16::from_le_bytes(b.try_into().unwrap()) as u32) << 16))
+            }
             // Integer tensors (num_batches_tracked) carry no weights.
             Dtype::I64 | Dtype::I32 | Dtype::U8 | Dtype::BOOL => continue,
             other => return Err(format!("tensor '{name}' has unsupported dtype {other:?}")),
@@ -154,7 +156,10 @@ fn torch_zip(bytes: &[u8]) -> Result<Vec<(String, Tensor)>, String> {
     if let Ok(order) = read_entry(&format!("{prefix}byteorder"))
         && order != b"little"
     {
-        return Err(format!("storages are {} endian; only little endian is supported", String::from_utf8_lossy(&order)));
+        return Err(format!(
+            "storages are {} endian; only little endian is supported",
+            String::from_utf8_lossy(&order)
+        ));
     }
     let root = pickle::parse(&read_entry(&pickle_name)?).map_err(|e| format!("data.pkl: {e}"))?;
     let entries = match root {
@@ -213,7 +218,11 @@ impl TensorSpec {
         };
         let spec = TensorSpec {
             storage_type: storage_type.clone(),
-            storage_key: key.as_str().map(str::to_string).or_else(|| key.as_int().map(|i| i.to_string())).ok_or("bad storage key")?,
+            storage_key: key
+                .as_str()
+                .map(str::to_string)
+                .or_else(|| key.as_int().map(|i| i.to_string()))
+                .ok_or("bad storage key")?,
             offset: args[1].as_int().filter(|&o| o >= 0).ok_or("bad storage offset")? as usize,
             size: dims(&args[2])?,
             stride: dims(&args[3])?,
@@ -231,7 +240,9 @@ impl TensorSpec {
             "DoubleStorage" => (8, |b| f64::from_le_bytes(b.try_into().unwrap()) as f32),
             "HalfStorage" => (2, |b| f16_to_f32(u16::from_le_bytes(b.try_into().unwrap()))),
             "BFloat16Storage" => (2, |b| f32::from_bits((u16::from_le_bytes(b.try_into().unwrap()) as u32) << 16)),
-            "LongStorage" | "IntStorage" | "ShortStorage" | "ByteStorage" | "CharStorage" | "BoolStorage" => return Ok(None),
+            "LongStorage" | "IntStorage" | "ShortStorage" | "ByteStorage" | "CharStorage" | "BoolStorage" => {
+                return Ok(None);
+            }
             other => return Err(format!("unsupported storage type {other}")),
         };
         let elements = storage.len() / width;
@@ -240,7 +251,9 @@ impl TensorSpec {
         if count > 0 {
             let last = self.offset + self.size.iter().zip(&self.stride).map(|(s, st)| (s - 1) * st).sum::<usize>();
             if last >= elements {
-                return Err(format!("needs element {last} but its storage holds {elements}: the file is truncated or corrupt"));
+                return Err(format!(
+                    "needs element {last} but its storage holds {elements}: the file is truncated or corrupt"
+                ));
             }
             let mut index = vec![0usize; self.size.len()];
             for _ in 0..count {
@@ -282,7 +295,13 @@ mod tests {
     fn strided_storage_is_gathered() {
         let storage: Vec<u8> = (0..6).flat_map(|i| (i as f32).to_le_bytes()).collect();
         // A 3x2 transposed view of a 2x3 storage: element (i, j) at j*3 + i.
-        let spec = TensorSpec { storage_type: "FloatStorage".into(), storage_key: "0".into(), offset: 0, size: vec![3, 2], stride: vec![1, 3] };
+        let spec = TensorSpec {
+            storage_type: "FloatStorage".into(),
+            storage_key: "0".into(),
+            offset: 0,
+            size: vec![3, 2],
+            stride: vec![1, 3],
+        };
         let t = spec.materialise(&storage).unwrap().unwrap();
         assert_eq!(t.data, vec![0.0, 3.0, 1.0, 4.0, 2.0, 5.0]);
         let short = TensorSpec { size: vec![4, 2], ..spec };

@@ -96,10 +96,7 @@ impl ArchConfig {
 
     /// A config shipped with medpatch, by name (`efficientnet_v2_s`, `efficientnet_v2_tiny`).
     pub fn builtin(name: &str) -> Result<Self, ArchError> {
-        let (_, text) = BUILTIN
-            .iter()
-            .find(|(n, _)| *n == name)
-            .ok_or_else(|| ArchError::Unknown(name.to_string()))?;
+        let (_, text) = BUILTIN.iter().find(|(n, _)| *n == name).ok_or_else(|| ArchError::Unknown(name.to_string()))?;
         Self::from_json(text, name)
     }
 
@@ -110,24 +107,17 @@ impl ArchConfig {
         }
         let path = Path::new(name_or_path);
         if path.extension().is_some_and(|e| e == "json") || path.exists() {
-            let text = std::fs::read_to_string(path).map_err(|source| ArchError::Io {
-                path: name_or_path.to_string(),
-                source,
-            })?;
+            let text = std::fs::read_to_string(path)
+                .map_err(|source| ArchError::Io { path: name_or_path.to_string(), source })?;
             return Self::from_json(&text, name_or_path);
         }
         Err(ArchError::Unknown(name_or_path.to_string()))
     }
 
     pub fn from_json(text: &str, origin: &str) -> Result<Self, ArchError> {
-        let config: ArchConfig = serde_json::from_str(text).map_err(|e| ArchError::Invalid {
-            origin: origin.to_string(),
-            problem: e.to_string(),
-        })?;
-        config.validate().map_err(|problem| ArchError::Invalid {
-            origin: origin.to_string(),
-            problem,
-        })?;
+        let config: ArchConfig = serde_json::from_str(text)
+            .map_err(|e| ArchError::Invalid { origin: origin.to_string(), problem: e.to_string() })?;
+        config.validate().map_err(|problem| ArchError::Invalid { origin: origin.to_string(), problem })?;
         Ok(config)
     }
 

@@ -45,9 +45,14 @@ pub mod keys {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ContractError {
-    #[error("the model has no medpatch metadata ('{}' is missing): it was not written by `medpatch export`; re-export it with `medpatch export`", keys::FORMAT_VERSION)]
+    #[error(
+        "the model has no medpatch metadata ('{}' is missing): it was not written by `medpatch export`; re-export it with `medpatch export`",
+        keys::FORMAT_VERSION
+    )]
     NotMedpatch,
-    #[error("the model's metadata format version {found} is not supported (this medpatch reads version {FORMAT_VERSION}); use a matching medpatch release or re-export the model")]
+    #[error(
+        "the model's metadata format version {found} is not supported (this medpatch reads version {FORMAT_VERSION}); use a matching medpatch release or re-export the model"
+    )]
     UnsupportedVersion { found: String },
     #[error("the model's metadata key '{key}' is missing")]
     Missing { key: &'static str },
@@ -163,8 +168,8 @@ impl ModelMetadata {
             return Err(invalid(keys::CLASSES, classes_text, "no classes".into()));
         }
         let input_text = get(keys::INPUT)?;
-        let input: InputConvention = serde_json::from_str(input_text)
-            .map_err(|e| invalid(keys::INPUT, input_text, e.to_string()))?;
+        let input: InputConvention =
+            serde_json::from_str(input_text).map_err(|e| invalid(keys::INPUT, input_text, e.to_string()))?;
         if input != InputConvention::default() {
             return Err(invalid(
                 keys::INPUT,

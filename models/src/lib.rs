@@ -7,5 +7,5 @@ pub mod contract;
 pub mod io;
 
 pub use arch::{ArchConfig, ArchError, BlockKind, BlockSpec, StageConfig};
-pub use contract::{ContractError, InputConvention, ModelMetadata, CHEXPERT_CLASSES};
+pub use contract::{CHEXPERT_CLASSES, ContractError, InputConvention, ModelMetadata};
 pub use io::write_atomically;

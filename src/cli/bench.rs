@@ -3,7 +3,7 @@
 //! peak memory and the dense-map cost.
 
 use super::EngineArgs;
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result, bail};
 use clap::Args;
 use medpatch_engine::decode::{self, GrayImage};
 use medpatch_engine::{Engine, Provider, ProviderChoice, Timings};
@@ -133,14 +133,29 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
     }
 
     let model = fastest.as_ref().map(|(_, e)| e.model().clone()).expect("a backend ran");
-    println!("model: {} ({}), {} patches of {}×{} per image, {threads} threads, median of {} runs",
-        model.origin, model.metadata.architecture, model.grid() * model.grid(), model.patch_size(), model.patch_size(), args.repeats);
+    println!(
+        "model: {} ({}), {} patches of {}×{} per image, {threads} threads, median of {} runs",
+        model.origin,
+        model.metadata.architecture,
+        model.grid() * model.grid(),
+        model.patch_size(),
+        model.patch_size(),
+        args.repeats
+    );
     println!("{:<48} {:>12} {:>12} {:>10} {:>14}", "backend", "median ms", "min ms", "images/s", "vs PyTorch");
     let torch_median = rows.iter().find(|r| r.name.starts_with("pytorch")).map(|r| r.median);
     for row in &rows {
-        let ratio = torch_median.map_or("".to_string(), |t| format!("{:.2}×", t.as_secs_f64() / row.median.as_secs_f64()));
-        println!("{:<48} {:>12.1} {:>12.1} {:>10.2} {:>14}{}", row.name, ms(row.median), ms(row.min), 1.0 / row.median.as_secs_f64(), ratio,
-            row.peak_rss_mb.map_or(String::new(), |m| format!("  (peak RSS {m:.0} MB)")));
+        let ratio =
+            torch_median.map_or("".to_string(), |t| format!("{:.2}×", t.as_secs_f64() / row.median.as_secs_f64()));
+        println!(
+            "{:<48} {:>12.1} {:>12.1} {:>10.2} {:>14}{}",
+            row.name,
+            ms(row.median),
+            ms(row.min),
+            1.0 / row.median.as_secs_f64(),
+            ratio,
+            row.peak_rss_mb.map_or(String::new(), |m| format!("  (peak RSS {m:.0} MB)"))
+        );
     }
     let find = |p: &str| rows.iter().find(|r| r.name.starts_with(p)).map(|r| r.median.as_secs_f64());
     if let (Some(ort), Some(tract)) = (find("cpu"), find("tract")) {
@@ -149,15 +164,32 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
     if let Some((provider, t, n)) = split {
         let per = |d: Duration| ms(d) / n as f64;
         let outside = per(t.decode) + per(t.preprocess) + per(t.tile) + per(t.aggregate);
-        println!("pipeline split per image ({provider}, {n} runs over {} file(s)): decode {:.2} ms, preprocess {:.2} ms, tile {:.3} ms, backend {:.1} ms, aggregate {:.3} ms",
-            images.len(), per(t.decode), per(t.preprocess), per(t.tile), per(t.backend), per(t.aggregate));
-        println!("outside the backend: {:.2} ms = {:.1}% of backend time (decode and preprocess included)", outside, 100.0 * outside / per(t.backend));
+        println!(
+            "pipeline split per image ({provider}, {n} runs over {} file(s)): decode {:.2} ms, preprocess {:.2} ms, tile {:.3} ms, backend {:.1} ms, aggregate {:.3} ms",
+            images.len(),
+            per(t.decode),
+            per(t.preprocess),
+            per(t.tile),
+            per(t.backend),
+            per(t.aggregate)
+        );
+        println!(
+            "outside the backend: {:.2} ms = {:.1}% of backend time (decode and preprocess included)",
+            outside,
+            100.0 * outside / per(t.backend)
+        );
     }
     if args.shift_steps > 0 {
         let (_, engine) = fastest.as_ref().expect("a backend ran");
         let dense = engine.dense_map(prepared.as_ref().expect("prepared"), args.shift_steps)?;
-        println!("dense map S={} ({} shifted images, {} patches) on {}: {:.2} s",
-            args.shift_steps, args.shift_steps.pow(2), args.shift_steps.pow(2) * 64, engine.provider(), dense.elapsed.as_secs_f64());
+        println!(
+            "dense map S={} ({} shifted images, {} patches) on {}: {:.2} s",
+            args.shift_steps,
+            args.shift_steps.pow(2),
+            args.shift_steps.pow(2) * 64,
+            engine.provider(),
+            dense.elapsed.as_secs_f64()
+        );
     }
     if let Some(rss) = peak_rss_mb() {
         println!("peak RSS of this process (all Rust backends, models and dense map): {rss:.0} MB");
@@ -185,8 +217,16 @@ fn torch_reference(args: &BenchArgs, weights: &std::path::Path, threads: usize, 
     std::fs::write(&npy, medpatch_engine::render::npy_f32(&[512, 512], &image.pixels))?;
     let out = std::process::Command::new(&python)
         .arg(root.join("tests/python/bench_torch.py"))
-        .args(["--weights", &weights.display().to_string(), "--arch", &args.torch_arch, "--threads", &threads.to_string(),
-            "--repeats", &args.repeats.to_string()])
+        .args([
+            "--weights",
+            &weights.display().to_string(),
+            "--arch",
+            &args.torch_arch,
+            "--threads",
+            &threads.to_string(),
+            "--repeats",
+            &args.repeats.to_string(),
+        ])
         .arg(&npy)
         .output()
         .with_context(|| format!("cannot run {}", python.display()))?;

@@ -1,10 +1,10 @@
 //! `medpatch predict`: X-rays in, probabilities and explanation maps out.
 
-use super::{exit, inputs, EngineArgs};
+use super::{EngineArgs, exit, inputs};
 use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
-use medpatch_engine::{explain, render, Engine, MapKind, ModelOrigin, Prediction};
-use serde_json::{json, Map, Value};
+use medpatch_engine::{Engine, MapKind, ModelOrigin, Prediction, explain, render};
+use serde_json::{Map, Value, json};
 use std::collections::HashSet;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -87,7 +87,10 @@ pub fn run(args: PredictArgs) -> Result<ExitCode> {
                 match classes.iter().position(|c| c.eq_ignore_ascii_case(name.trim())) {
                     Some(i) => indices.push(i),
                     None => {
-                        eprintln!("medpatch: error: unknown class '{name}'; the model's classes are: {}", classes.join(", "));
+                        eprintln!(
+                            "medpatch: error: unknown class '{name}'; the model's classes are: {}",
+                            classes.join(", ")
+                        );
                         return Ok(exit::usage());
                     }
                 }
@@ -102,7 +105,8 @@ pub fn run(args: PredictArgs) -> Result<ExitCode> {
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     if let Format::Csv = args.format {
-        let header: Vec<String> = std::iter::once("filename".to_string()).chain(classes.iter().map(|c| csv_field(c))).collect();
+        let header: Vec<String> =
+            std::iter::once("filename".to_string()).chain(classes.iter().map(|c| csv_field(c))).collect();
         writeln!(out, "{}", header.join(","))?;
     }
     let progress = progress_bar(files.len(), args.quiet);
@@ -113,8 +117,17 @@ pub fn run(args: PredictArgs) -> Result<ExitCode> {
                 let mut record = record(&engine, path, &prediction);
                 if let Some(dir) = &args.out {
                     let stem = unique_stem(path, &mut used_names);
-                    let written = write_outputs(&engine, dir, &stem, &record, &prediction, map_kind, chosen_classes.as_deref(), args.shift_steps)
-                        .map_err(|e| format!("cannot write outputs: {e:#}"))?;
+                    let written = write_outputs(
+                        &engine,
+                        dir,
+                        &stem,
+                        &record,
+                        &prediction,
+                        map_kind,
+                        chosen_classes.as_deref(),
+                        args.shift_steps,
+                    )
+                    .map_err(|e| format!("cannot write outputs: {e:#}"))?;
                     record["outputs"] = written;
                 }
                 Ok(record)
@@ -264,8 +277,16 @@ fn write_outputs(
         let normalised = explain::normalise(&map[i * side * side..(i + 1) * side * side]);
         let name = file_safe(&classes[i]);
         let overlay = render::overlay_rgb(&p.image, &normalised, 0.2);
-        put(&format!("overlay:{}", classes[i]), format!("{stem}.{name}.png"), &render::png_rgb8(side as u32, side as u32, &overlay).map_err(anyhow::Error::msg)?)?;
-        put(&format!("map:{}", classes[i]), format!("{stem}.{name}.map.png"), &render::png_gray16(side as u32, side as u32, &normalised).map_err(anyhow::Error::msg)?)?;
+        put(
+            &format!("overlay:{}", classes[i]),
+            format!("{stem}.{name}.png"),
+            &render::png_rgb8(side as u32, side as u32, &overlay).map_err(anyhow::Error::msg)?,
+        )?;
+        put(
+            &format!("map:{}", classes[i]),
+            format!("{stem}.{name}.map.png"),
+            &render::png_gray16(side as u32, side as u32, &normalised).map_err(anyhow::Error::msg)?,
+        )?;
     }
     let mut record = record.clone();
     record["map"] = json!({ "kind": kind, "shift_steps": shift_steps.unwrap_or(1), "normalisation": "(clip(logit, -200, 200) + 200) / 400" });

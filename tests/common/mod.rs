@@ -28,9 +28,8 @@ pub fn nih_images() -> Vec<PathBuf> {
 
 /// The reference Python (torch, torchvision, onnx, onnxruntime), installed by scripts/setup.sh.
 pub fn python() -> PathBuf {
-    let path = std::env::var_os("MEDPATCH_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo_root().join(".venv/bin/python"));
+    let path =
+        std::env::var_os("MEDPATCH_PYTHON").map(PathBuf::from).unwrap_or_else(|| repo_root().join(".venv/bin/python"));
     assert!(path.exists(), "reference Python not found at {}: run scripts/setup.sh first", path.display());
     path
 }
@@ -44,9 +43,10 @@ pub fn ort_library() -> PathBuf {
     let found = std::fs::read_dir(&lib).ok().and_then(|entries| {
         entries.filter_map(|e| e.ok()).find_map(|e| {
             let capi = e.path().join("site-packages/onnxruntime/capi");
-            std::fs::read_dir(capi).ok()?.filter_map(|f| f.ok().map(|f| f.path())).find(|p| {
-                p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("libonnxruntime.so."))
-            })
+            std::fs::read_dir(capi)
+                .ok()?
+                .filter_map(|f| f.ok().map(|f| f.path()))
+                .find(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("libonnxruntime.so.")))
         })
     });
     found.unwrap_or_else(|| panic!("libonnxruntime.so not found under {}: run scripts/setup.sh first", lib.display()))
@@ -75,11 +75,10 @@ pub fn read_npy(path: &Path) -> (Vec<usize>, Vec<f32>) {
     let header = std::str::from_utf8(&bytes[header_start..header_start + header_len]).unwrap();
     assert!(header.contains("'descr': '<f4'") && header.contains("'fortran_order': False"), "{header}");
     let shape_text = header.split("'shape': (").nth(1).unwrap().split(')').next().unwrap();
-    let shape: Vec<usize> = shape_text.split(',').filter(|s| !s.trim().is_empty()).map(|s| s.trim().parse().unwrap()).collect();
-    let data: Vec<f32> = bytes[header_start + header_len..]
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
-        .collect();
+    let shape: Vec<usize> =
+        shape_text.split(',').filter(|s| !s.trim().is_empty()).map(|s| s.trim().parse().unwrap()).collect();
+    let data: Vec<f32> =
+        bytes[header_start + header_len..].chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
     assert_eq!(data.len(), shape.iter().product::<usize>());
     (shape, data)
 }
@@ -109,7 +108,10 @@ pub fn reference_checkpoint(arch: &str) -> PathBuf {
     }
     let dir = scratch(&format!("reference-{arch}-{}", std::process::id()));
     let xray = nih_images()[0].clone();
-    run_python("make_export_reference.py", &["--arch", arch, "--xray", xray.to_str().unwrap(), "--out", dir.to_str().unwrap()]);
+    run_python(
+        "make_export_reference.py",
+        &["--arch", arch, "--xray", xray.to_str().unwrap(), "--out", dir.to_str().unwrap()],
+    );
     made.insert(arch.to_string(), dir.clone());
     dir
 }
@@ -134,7 +136,8 @@ pub fn exported_reference_model(arch: &str) -> (PathBuf, medpatch_engine::Model)
 pub fn all_real_xrays() -> Vec<PathBuf> {
     let mut all = nih_images();
     for sub in ["pediatric", "dicom"] {
-        let mut files: Vec<PathBuf> = std::fs::read_dir(cxr_dir().join(sub)).unwrap().map(|e| e.unwrap().path()).collect();
+        let mut files: Vec<PathBuf> =
+            std::fs::read_dir(cxr_dir().join(sub)).unwrap().map(|e| e.unwrap().path()).collect();
         files.sort();
         all.extend(files);
     }

@@ -18,7 +18,7 @@
 //!   deterministic order and with deterministic augmentation (seeded per sample and epoch).
 
 use crate::rng::Rng;
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result, bail};
 use medpatch_engine::decode::{self, GrayImage};
 use medpatch_engine::preprocess;
 use medpatch_models::CHEXPERT_CLASSES;
@@ -60,16 +60,21 @@ pub fn parse_csv(text: &str) -> Result<Vec<Record>> {
         let last = row.pop().expect("non-empty row");
         row.insert(5.min(row.len()), last);
     };
-    let visual = header.last().map(String::as_str) == Some("No Finding") && header.get(5).map(String::as_str) != Some("No Finding");
+    let visual = header.last().map(String::as_str) == Some("No Finding")
+        && header.get(5).map(String::as_str) != Some("No Finding");
     if visual {
         shift(&mut header);
     }
     if header.len() < 19 || header[0] != "Path" {
-        bail!("expected a CheXpert CSV (Path, Sex, Age, Frontal/Lateral, AP/PA, then the 14 findings); found columns {header:?}");
+        bail!(
+            "expected a CheXpert CSV (Path, Sex, Age, Frontal/Lateral, AP/PA, then the 14 findings); found columns {header:?}"
+        );
     }
     let labels = &header[5..19];
     if labels.iter().map(String::as_str).ne(CHEXPERT_CLASSES.iter().copied()) {
-        bail!("columns 5..19 (after the visualCheXbert shift) must be the CheXpert findings in order {CHEXPERT_CLASSES:?}; found {labels:?}");
+        bail!(
+            "columns 5..19 (after the visualCheXbert shift) must be the CheXpert findings in order {CHEXPERT_CLASSES:?}; found {labels:?}"
+        );
     }
     let mut records = Vec::new();
     for (line, row) in reader.records().enumerate() {
@@ -80,7 +85,8 @@ pub fn parse_csv(text: &str) -> Result<Vec<Record>> {
         }
         let mut values = [0f32; 14];
         for (k, v) in values.iter_mut().enumerate() {
-            *v = parse_label(&fields[5 + k]).with_context(|| format!("row {}, column '{}'", line + 2, CHEXPERT_CLASSES[k]))?;
+            *v = parse_label(&fields[5 + k])
+                .with_context(|| format!("row {}, column '{}'", line + 2, CHEXPERT_CLASSES[k]))?;
         }
         records.push(Record { path: fields[0].clone(), labels: values });
     }
@@ -123,7 +129,15 @@ fn center_offset(long: u32, short: u32) -> u32 {
 
 /// Preprocess every image of the CSVs under `src_root` into `dst_root` (same relative paths),
 /// on `threads` threads. Existing outputs are skipped unless `overwrite`.
-pub fn preprocess_dataset(csvs: &[PathBuf], src_root: &Path, dst_root: &Path, side: u32, threads: usize, overwrite: bool, progress: &(dyn Fn(usize, usize) + Sync)) -> Result<usize> {
+pub fn preprocess_dataset(
+    csvs: &[PathBuf],
+    src_root: &Path,
+    dst_root: &Path,
+    side: u32,
+    threads: usize,
+    overwrite: bool,
+    progress: &(dyn Fn(usize, usize) + Sync),
+) -> Result<usize> {
     let mut paths: Vec<String> = Vec::new();
     for csv in csvs {
         paths.extend(read_csv(csv)?.into_iter().map(|r| r.path));
@@ -139,19 +153,21 @@ pub fn preprocess_dataset(csvs: &[PathBuf], src_root: &Path, dst_root: &Path, si
     let error = std::sync::Mutex::new(None::<anyhow::Error>);
     std::thread::scope(|scope| {
         for _ in 0..threads.max(1) {
-            scope.spawn(|| loop {
-                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                if i >= paths.len() || error.lock().unwrap().is_some() {
-                    break;
+            scope.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if i >= paths.len() || error.lock().unwrap().is_some() {
+                        break;
+                    }
+                    let (src, dst) = (src_root.join(&paths[i]), dst_root.join(&paths[i]));
+                    if (overwrite || !dst.exists())
+                        && let Err(e) = preprocess_file(&src, &dst, side)
+                    {
+                        *error.lock().unwrap() = Some(e);
+                        break;
+                    }
+                    progress(done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1, paths.len());
                 }
-                let (src, dst) = (src_root.join(&paths[i]), dst_root.join(&paths[i]));
-                if (overwrite || !dst.exists())
-                    && let Err(e) = preprocess_file(&src, &dst, side)
-                {
-                    *error.lock().unwrap() = Some(e);
-                    break;
-                }
-                progress(done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1, paths.len());
             });
         }
     });
@@ -199,7 +215,13 @@ pub fn augment(img: &GrayImage, size: u32, rng: &mut Rng) -> Vec<f32> {
 /// torchvision `RandomResizedCrop.get_params`: up to 10 tries of a random area fraction in
 /// `scale` and log-uniform aspect ratio in `ratio`, else a centre crop with the ratio clamped.
 /// Returns (top, left, height, width).
-pub fn random_resized_crop_params(width: u32, height: u32, scale: (f64, f64), ratio: (f64, f64), rng: &mut Rng) -> (u32, u32, u32, u32) {
+pub fn random_resized_crop_params(
+    width: u32,
+    height: u32,
+    scale: (f64, f64),
+    ratio: (f64, f64),
+    rng: &mut Rng,
+) -> (u32, u32, u32, u32) {
     let (wf, hf) = (width as f64, height as f64);
     let area = wf * hf;
     let (lr0, lr1) = (ratio.0.ln(), ratio.1.ln());
@@ -322,7 +344,8 @@ impl Loader {
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let handles = (0..workers)
             .map(|w| {
-                let (dataset, chunks, sender, options, stop) = (dataset.clone(), chunks.clone(), sender.clone(), options.clone(), stop.clone());
+                let (dataset, chunks, sender, options, stop) =
+                    (dataset.clone(), chunks.clone(), sender.clone(), options.clone(), stop.clone());
                 std::thread::spawn(move || {
                     for b in (w..chunks.len()).step_by(workers) {
                         if stop.load(std::sync::atomic::Ordering::Relaxed) {

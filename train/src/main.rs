@@ -11,7 +11,11 @@ use std::sync::Arc;
 use tch::Device;
 
 #[derive(Parser)]
-#[command(name = "medpatch-train", version, about = "Train MedicalPatchNet (libtorch) on CheXpert or the synthetic benchmark")]
+#[command(
+    name = "medpatch-train",
+    version,
+    about = "Train MedicalPatchNet (libtorch) on CheXpert or the synthetic benchmark"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -165,7 +169,10 @@ impl DeviceArg {
             DeviceArg::Auto => Device::cuda_if_available(),
             DeviceArg::Cpu => Device::Cpu,
             DeviceArg::Cuda => {
-                anyhow::ensure!(tch::Cuda::is_available(), "CUDA is not available to this libtorch (run `medpatch-train doctor`)");
+                anyhow::ensure!(
+                    tch::Cuda::is_available(),
+                    "CUDA is not available to this libtorch (run `medpatch-train doctor`)"
+                );
                 Device::Cuda(0)
             }
         })
@@ -238,7 +245,15 @@ fn parent_dir(p: &Path) -> PathBuf {
 }
 
 fn synth_cmd(a: SynthArgs) -> Result<()> {
-    let mut config = SynthConfig { seed: a.seed, train: a.train, valid: a.valid, test: a.test, width: a.width, jpeg_quality: a.jpeg_quality, ..Default::default() };
+    let mut config = SynthConfig {
+        seed: a.seed,
+        train: a.train,
+        valid: a.valid,
+        test: a.test,
+        width: a.width,
+        jpeg_quality: a.jpeg_quality,
+        ..Default::default()
+    };
     if let Some(d) = a.difficulty {
         config = config.with_difficulty(d);
     }
@@ -264,7 +279,12 @@ fn synth_cmd(a: SynthArgs) -> Result<()> {
     let bar = indicatif::ProgressBar::new((config.train + config.valid + config.test) as u64);
     let layout = synth::write_benchmark(&config, &a.out, a.threads, &|done, _| bar.set_position(done as u64))?;
     bar.finish_and_clear();
-    eprintln!("wrote {} images in {:.0} s to {}", config.train + config.valid + config.test, started.elapsed().as_secs_f64(), a.out.display());
+    eprintln!(
+        "wrote {} images in {:.0} s to {}",
+        config.train + config.valid + config.test,
+        started.elapsed().as_secs_f64(),
+        a.out.display()
+    );
     println!("{}", serde_json::to_string_pretty(&layout)?);
     Ok(())
 }
@@ -282,7 +302,11 @@ fn preprocess_cmd(a: PreprocessArgs) -> Result<()> {
 
 fn train_cmd(a: TrainArgs) -> Result<()> {
     let train_root = a.data_root.clone().unwrap_or_else(|| parent_dir(&a.train_csv));
-    let valid_root = a.valid_root.clone().or(a.data_root.clone()).unwrap_or_else(|| a.valid_csv.as_deref().map(parent_dir).unwrap_or_default());
+    let valid_root = a
+        .valid_root
+        .clone()
+        .or(a.data_root.clone())
+        .unwrap_or_else(|| a.valid_csv.as_deref().map(parent_dir).unwrap_or_default());
     let device = a.device.resolve()?;
     let opts = TrainOptions {
         arch: a.arch,
@@ -320,7 +344,9 @@ fn evaluate_cmd(a: EvaluateArgs) -> Result<()> {
     if a.threads > 0 {
         tch::set_num_threads(a.threads);
     }
-    let meta: CheckpointMeta = serde_json::from_str(&std::fs::read_to_string(&a.checkpoint).with_context(|| format!("cannot read {}", a.checkpoint.display()))?)?;
+    let meta: CheckpointMeta = serde_json::from_str(
+        &std::fs::read_to_string(&a.checkpoint).with_context(|| format!("cannot read {}", a.checkpoint.display()))?,
+    )?;
     let device = a.device.resolve()?;
     let mut vs = tch::nn::VarStore::new(Device::Cpu);
     let net = trainer::build_model(&vs, &meta.arch_config, meta.patch_size);
@@ -328,7 +354,8 @@ fn evaluate_cmd(a: EvaluateArgs) -> Result<()> {
     vs.set_device(device);
     let root = a.data_root.clone().unwrap_or_else(|| parent_dir(&a.csv));
     let dataset = Arc::new(Dataset::from_csv(&a.csv, &root)?);
-    let (scores, targets, loss) = trainer::predict(&net, &dataset, device, a.batch_size, meta.image_size, a.workers, false)?;
+    let (scores, targets, loss) =
+        trainer::predict(&net, &dataset, device, a.batch_size, meta.image_size, a.workers, false)?;
     let v = trainer::validation_from(&scores, &targets, loss);
     for c in &v.auroc {
         eprintln!("{:>28}: {}", c.class, c.auroc.map_or("n/a".into(), |x| format!("{x:.4}")));
@@ -388,7 +415,12 @@ fn bench_cmd(a: BenchArgs) -> Result<()> {
         sync();
         let t3 = std::time::Instant::now();
         if i >= a.warmup {
-            times.push([(t3 - t0).as_secs_f64(), (t1 - t0).as_secs_f64(), (t2 - t1).as_secs_f64(), (t3 - t2).as_secs_f64()]);
+            times.push([
+                (t3 - t0).as_secs_f64(),
+                (t1 - t0).as_secs_f64(),
+                (t2 - t1).as_secs_f64(),
+                (t3 - t2).as_secs_f64(),
+            ]);
         }
     }
     let median = |k: usize| {

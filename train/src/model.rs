@@ -39,13 +39,29 @@ struct ConvBn {
 
 impl ConvBn {
     #[allow(clippy::too_many_arguments)]
-    fn new(module: nn::Path, cin: i64, cout: i64, kernel: i64, stride: i64, groups: i64, silu: bool, arch: &ArchConfig) -> Self {
+    fn new(
+        module: nn::Path,
+        cin: i64,
+        cout: i64,
+        kernel: i64,
+        stride: i64,
+        groups: i64,
+        silu: bool,
+        arch: &ArchConfig,
+    ) -> Self {
         let conv = nn::conv2d(
             &module / "0",
             cin,
             cout,
             kernel,
-            nn::ConvConfig { stride, padding: (kernel - 1) / 2, groups, bias: false, ws_init: KAIMING_FAN_OUT, ..Default::default() },
+            nn::ConvConfig {
+                stride,
+                padding: (kernel - 1) / 2,
+                groups,
+                bias: false,
+                ws_init: KAIMING_FAN_OUT,
+                ..Default::default()
+            },
         );
         let bn = nn::batch_norm2d(
             &module / "1",
@@ -77,7 +93,10 @@ struct SqueezeExcitation {
 impl SqueezeExcitation {
     fn new(module: nn::Path, channels: i64, squeeze: i64) -> Self {
         let config = nn::ConvConfig { ws_init: KAIMING_FAN_OUT, bs_init: Init::Const(0.0), ..Default::default() };
-        Self { fc1: nn::conv2d(&module / "fc1", channels, squeeze, 1, config), fc2: nn::conv2d(&module / "fc2", squeeze, channels, 1, config) }
+        Self {
+            fc1: nn::conv2d(&module / "fc1", channels, squeeze, 1, config),
+            fc2: nn::conv2d(&module / "fc2", squeeze, channels, 1, config),
+        }
     }
 
     fn forward(&self, x: &Tensor) -> Tensor {
@@ -200,14 +219,27 @@ impl Backbone {
             blocks.push(Block { layers, residual: spec.residual, stochastic_depth: spec.stochastic_depth as f64 });
         }
         let head_ch = arch.head_channels as i64;
-        let head = ConvBn::new(&features / arch.head_feature_index(), arch.last_stage_channels() as i64, head_ch, 1, 1, 1, true, arch);
+        let head = ConvBn::new(
+            &features / arch.head_feature_index(),
+            arch.last_stage_channels() as i64,
+            head_ch,
+            1,
+            1,
+            1,
+            true,
+            arch,
+        );
         // The seed's `nn.Linear(1280, 14)`: weight and bias U(±1/√in).
         let bound = 1.0 / (head_ch as f64).sqrt();
         let classifier = nn::linear(
             vs / "classifier" / "1",
             head_ch,
             num_classes,
-            nn::LinearConfig { ws_init: Init::Uniform { lo: -bound, up: bound }, bs_init: Some(Init::Uniform { lo: -bound, up: bound }), bias: true },
+            nn::LinearConfig {
+                ws_init: Init::Uniform { lo: -bound, up: bound },
+                bs_init: Some(Init::Uniform { lo: -bound, up: bound }),
+                bias: true,
+            },
         );
         Self { stem, blocks, head, classifier, num_classes, dropout: arch.dropout as f64, stochastic_depth: true }
     }

@@ -12,7 +12,7 @@
 //! result is the same as the per-tensor loop.
 
 use std::collections::BTreeMap;
-use tch::{nn, Device, Kind, Tensor};
+use tch::{Device, Kind, Tensor, nn};
 
 #[derive(Debug)]
 pub struct AdamW {
@@ -62,7 +62,21 @@ impl AdamW {
         });
         let (exp_avg, exp_avg_sq) = (flat.zeros_like(), flat.zeros_like());
         let (grad, denom, scratch) = (flat.zeros_like(), flat.zeros_like(), flat.zeros_like());
-        Self { params, flat, exp_avg, exp_avg_sq, grad, denom, scratch, step: 0, lr, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay }
+        Self {
+            params,
+            flat,
+            exp_avg,
+            exp_avg_sq,
+            grad,
+            denom,
+            scratch,
+            step: 0,
+            lr,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay,
+        }
     }
 
     /// Gradients of `loss` with respect to every parameter, as one flat tensor (autograd's
@@ -85,14 +99,22 @@ impl AdamW {
         let parts: Vec<Tensor> = self
             .params
             .iter()
-            .map(|(name, p, _)| grads.get(name).map_or_else(|| p.zeros_like(), |g| g.to_device(p.device()).to_kind(Kind::Float)).reshape([-1]))
+            .map(|(name, p, _)| {
+                grads
+                    .get(name)
+                    .map_or_else(|| p.zeros_like(), |g| g.to_device(p.device()).to_kind(Kind::Float))
+                    .reshape([-1])
+            })
             .collect();
         Tensor::cat(&parts, 0)
     }
 
     /// The slice of a flat tensor (gradient, moment) that belongs to parameter `name`.
     pub fn slice_of(&self, flat: &Tensor, name: &str) -> Option<Tensor> {
-        self.params.iter().find(|(n, _, _)| n == name).map(|(_, p, off)| flat.narrow(0, *off, p.numel() as i64).view(p.size().as_slice()))
+        self.params
+            .iter()
+            .find(|(n, _, _)| n == name)
+            .map(|(_, p, off)| flat.narrow(0, *off, p.numel() as i64).view(p.size().as_slice()))
     }
 
     /// One step of `torch.optim._single_tensor_adam` with `decoupled_weight_decay=True`, on all
@@ -143,8 +165,15 @@ impl AdamW {
                 for (kind, buffer) in [("exp_avg", &self.exp_avg), ("exp_avg_sq", &self.exp_avg_sq)] {
                     let key = format!("{kind}.{name}");
                     let src = tensors.get(&key).ok_or_else(|| anyhow::anyhow!("optimizer state lacks {key}"))?;
-                    anyhow::ensure!(src.size() == p.size(), "optimizer state {key} has shape {:?}, the parameter {:?}", src.size(), p.size());
-                    self.slice_of(buffer, name).expect("own parameter").copy_(&src.to_device(p.device()).to_kind(Kind::Float));
+                    anyhow::ensure!(
+                        src.size() == p.size(),
+                        "optimizer state {key} has shape {:?}, the parameter {:?}",
+                        src.size(),
+                        p.size()
+                    );
+                    self.slice_of(buffer, name)
+                        .expect("own parameter")
+                        .copy_(&src.to_device(p.device()).to_kind(Kind::Float));
                 }
             }
             Ok(())

@@ -161,7 +161,9 @@ pub fn decode_json(value: &serde_json::Value) -> Result<Mask, String> {
     let [h, w] = dims[..] else { return Err("RLE 'size' must be [h, w]".into()) };
     let counts = match value.get("counts") {
         Some(serde_json::Value::String(s)) => counts_from_string(s)?,
-        Some(serde_json::Value::Array(a)) => a.iter().map(|v| v.as_u64().ok_or("non-integer count")).collect::<Result<_, _>>()?,
+        Some(serde_json::Value::Array(a)) => {
+            a.iter().map(|v| v.as_u64().ok_or("non-integer count")).collect::<Result<_, _>>()?
+        }
         _ => return Err("RLE without 'counts'".into()),
     };
     from_counts(h, w, &counts)

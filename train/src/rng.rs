@@ -92,9 +92,18 @@ mod tests {
 
     #[test]
     fn reproducible_and_roughly_uniform() {
-        let a: Vec<u64> = { let mut r = Rng::derive(7, &[1, 2]); (0..5).map(|_| r.next_u64()).collect() };
-        let b: Vec<u64> = { let mut r = Rng::derive(7, &[1, 2]); (0..5).map(|_| r.next_u64()).collect() };
-        let c: Vec<u64> = { let mut r = Rng::derive(7, &[2, 1]); (0..5).map(|_| r.next_u64()).collect() };
+        let a: Vec<u64> = {
+            let mut r = Rng::derive(7, &[1, 2]);
+            (0..5).map(|_| r.next_u64()).collect()
+        };
+        let b: Vec<u64> = {
+            let mut r = Rng::derive(7, &[1, 2]);
+            (0..5).map(|_| r.next_u64()).collect()
+        };
+        let c: Vec<u64> = {
+            let mut r = Rng::derive(7, &[2, 1]);
+            (0..5).map(|_| r.next_u64()).collect()
+        };
         assert_eq!(a, b);
         assert_ne!(a, c);
         let mut r = Rng::new(3);

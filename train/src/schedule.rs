@@ -21,7 +21,15 @@ pub struct OneCycle {
 impl OneCycle {
     /// The seed's schedule: PyTorch defaults besides `max_lr`, `total_steps` and `pct_start`.
     pub fn new(max_lr: f64, total_steps: u64, pct_start: f64) -> Self {
-        Self { max_lr, total_steps, pct_start, div_factor: 25.0, final_div_factor: 1e4, base_momentum: 0.85, max_momentum: 0.95 }
+        Self {
+            max_lr,
+            total_steps,
+            pct_start,
+            div_factor: 25.0,
+            final_div_factor: 1e4,
+            base_momentum: 0.85,
+            max_momentum: 0.95,
+        }
     }
 
     /// `(learning rate, beta1)` for optimizer step `step` (0-based), as PyTorch's `get_lr` computes

@@ -177,8 +177,14 @@ impl Canvas {
                 let (px, py) = (a.0 + (b.0 - a.0) * t, a.1 + (b.1 - a.1) * t);
                 let extra = mask.as_ref().map_or(0.0, |m| m.1);
                 let reach = r + 1.0 + extra;
-                let (x0, x1) = ((px - reach).floor().max(0.0) as usize, ((px + reach).ceil() as usize).min(self.w.saturating_sub(1)));
-                let (y0, y1) = ((py - reach).floor().max(0.0) as usize, ((py + reach).ceil() as usize).min(self.h.saturating_sub(1)));
+                let (x0, x1) = (
+                    (px - reach).floor().max(0.0) as usize,
+                    ((px + reach).ceil() as usize).min(self.w.saturating_sub(1)),
+                );
+                let (y0, y1) = (
+                    (py - reach).floor().max(0.0) as usize,
+                    ((py + reach).ceil() as usize).min(self.h.saturating_sub(1)),
+                );
                 if px + reach < 0.0 || py + reach < 0.0 {
                     continue;
                 }
@@ -436,7 +442,8 @@ impl Anatomy {
     fn lung_at(&self, x: f32, y: f32) -> Option<Side> {
         let side = if x < self.cx { Side::ImageLeft } else { Side::ImageRight };
         let d = (x - self.cx).abs();
-        (y > self.apex(d) && y < self.diaphragm(side, d) && d < self.lateral(side, y) && d > self.medial(side, y)).then_some(side)
+        (y > self.apex(d) && y < self.diaphragm(side, d) && d < self.lateral(side, y) && d > self.medial(side, y))
+            .then_some(side)
     }
 
     fn in_heart(&self, x: f32, y: f32) -> bool {
@@ -448,7 +455,9 @@ impl Anatomy {
     fn in_mediastinum(&self, x: f32, y: f32) -> bool {
         let side = if x < self.cx { Side::ImageLeft } else { Side::ImageRight };
         let heart_top = self.heart_cy - self.heart_hh;
-        y > self.top - 0.05 * self.lung_h() && y < heart_top + 0.05 * self.lung_h() && (x - self.cx).abs() < self.med_ext(side, y)
+        y > self.top - 0.05 * self.lung_h()
+            && y < heart_top + 0.05 * self.lung_h()
+            && (x - self.cx).abs() < self.med_ext(side, y)
     }
 
     /// Posterior rib i centre line at distance d from the midline (None outside the rib).
@@ -517,7 +526,12 @@ pub fn render(config: &SynthConfig, split: Split, index: u64) -> Sample {
     }
     if has(&labels, "Fracture") {
         let side = Side::random(&mut rng);
-        a.fracture = Some((side, rng.int(2, 8) as usize, a.hw * rng.rangef(0.55, 0.9), wf * rng.rangef(0.008, 0.016) * c.max(0.5)));
+        a.fracture = Some((
+            side,
+            rng.int(2, 8) as usize,
+            a.hw * rng.rangef(0.55, 0.9),
+            wf * rng.rangef(0.008, 0.016) * c.max(0.5),
+        ));
     }
 
     // Lung membership, once.
@@ -549,7 +563,13 @@ pub fn render(config: &SynthConfig, split: Split, index: u64) -> Sample {
     // Blob regions: union of Gaussians thresholded, inside the lung.
     let blob = |rng: &mut Rng, center: (f32, f32), radius: f32, lobes: usize| -> (Mask, Vec<f32>) {
         let centers: Vec<(f32, f32, f32)> = (0..lobes)
-            .map(|_| (center.0 + rng.rangef(-radius, radius) * 0.7, center.1 + rng.rangef(-radius, radius) * 0.7, radius * rng.rangef(0.45, 0.8)))
+            .map(|_| {
+                (
+                    center.0 + rng.rangef(-radius, radius) * 0.7,
+                    center.1 + rng.rangef(-radius, radius) * 0.7,
+                    radius * rng.rangef(0.45, 0.8),
+                )
+            })
             .collect();
         let mut m = Mask::new(h, w);
         let mut field = vec![0f32; w * h];
@@ -559,7 +579,10 @@ pub fn render(config: &SynthConfig, split: Split, index: u64) -> Sample {
         for y in y0..=y1 {
             for x in x0..=x1 {
                 let (px, py) = (x as f32 + 0.5, y as f32 + 0.5);
-                let f: f32 = centers.iter().map(|&(cx, cy, s)| (-((px - cx).powi(2) + (py - cy).powi(2)) / (2.0 * s * s)).exp()).sum();
+                let f: f32 = centers
+                    .iter()
+                    .map(|&(cx, cy, s)| (-((px - cx).powi(2) + (py - cy).powi(2)) / (2.0 * s * s)).exp())
+                    .sum();
                 let i = y * w + x;
                 if f > 0.5 && lung[i].is_some() {
                     m.data[i] = true;
@@ -887,7 +910,8 @@ pub fn render(config: &SynthConfig, split: Split, index: u64) -> Sample {
     for side in [Side::ImageLeft, Side::ImageRight] {
         let start = (a.cx + side.sign() * (a.medial(side, hilum_y) + 0.01 * wf), hilum_y);
         for _ in 0..rng.int(7, 11) {
-            let angle = if side == Side::ImageRight { 0.0 } else { std::f32::consts::PI } + rng.rangef(-1.3, 1.3) * side.sign();
+            let angle =
+                if side == Side::ImageRight { 0.0 } else { std::f32::consts::PI } + rng.rangef(-1.3, 1.3) * side.sign();
             let steps = rng.int(10, 18) as usize;
             let trunk = walk(&mut rng, start, angle, wf * 0.012, steps, 0.25);
             for (k, seg) in trunk.windows(2).enumerate() {
@@ -966,7 +990,12 @@ pub fn render(config: &SynthConfig, split: Split, index: u64) -> Sample {
             let d = (px - a.cx).abs();
             // Torso: wide below the shoulders, neck above.
             let shoulder = a.top - 0.05 * lh;
-            let half = if py > shoulder { a.hw * (1.2 - 0.05 * smoothstep(shoulder, shoulder + 0.5 * lh, py) + 0.04 * smoothstep(shoulder + 0.6 * lh, shoulder + 1.2 * lh, py)) } else { a.hw * (0.35 + 0.85 * smoothstep(shoulder - 0.15 * lh, shoulder, py)) };
+            let half = if py > shoulder {
+                a.hw * (1.2 - 0.05 * smoothstep(shoulder, shoulder + 0.5 * lh, py)
+                    + 0.04 * smoothstep(shoulder + 0.6 * lh, shoulder + 1.2 * lh, py))
+            } else {
+                a.hw * (0.35 + 0.85 * smoothstep(shoulder - 0.15 * lh, shoulder, py))
+            };
             let mut v = 0.45 * smoothstep(half + 4.0, half - 4.0, d);
             // Spine and mediastinal soft tissue.
             if d < a.spine {
@@ -976,7 +1005,10 @@ pub fn render(config: &SynthConfig, split: Split, index: u64) -> Sample {
             }
             if a.in_heart(px, py) {
                 v += 0.12;
-            } else if py > a.top - 0.1 * lh && py < a.heart_cy && d < a.med_ext(if px < a.cx { Side::ImageLeft } else { Side::ImageRight }, py) {
+            } else if py > a.top - 0.1 * lh
+                && py < a.heart_cy
+                && d < a.med_ext(if px < a.cx { Side::ImageLeft } else { Side::ImageRight }, py)
+            {
                 v += 0.09; // mediastinal soft tissue and great vessels
             }
             if py < a.carina && d < a.trachea {
@@ -1025,7 +1057,15 @@ pub fn render(config: &SynthConfig, split: Split, index: u64) -> Sample {
 
     // No Finding: none of the 12 pathologies (Support Devices do not count).
     labels[0] = !CHEXPERT_CLASSES.iter().enumerate().any(|(k, n)| k > 0 && *n != "Support Devices" && labels[k]);
-    Sample { width: w, height: h, pixels, labels, masks, sex: if a.female { "Female" } else { "Male" }, age: rng.int(18, 90) as u32 }
+    Sample {
+        width: w,
+        height: h,
+        pixels,
+        labels,
+        masks,
+        sex: if a.female { "Female" } else { "Male" },
+        age: rng.int(18, 90) as u32,
+    }
 }
 
 // ----------------------------------------------------------------------------------------------
@@ -1082,7 +1122,12 @@ fn label_text(v: bool) -> &'static str {
 /// `train_visualCheXbert.csv` — the latter with No Finding last, as visualCheXbert writes it —,
 /// `valid.csv`, `test_labels.csv`) and CheXlocalize-style ground truth for valid (`_val`) and test.
 /// Images are rendered on `threads` threads; the output does not depend on the thread count.
-pub fn write_benchmark(config: &SynthConfig, root: &Path, threads: usize, progress: &(dyn Fn(usize, usize) + Sync)) -> anyhow::Result<BenchmarkLayout> {
+pub fn write_benchmark(
+    config: &SynthConfig,
+    root: &Path,
+    threads: usize,
+    progress: &(dyn Fn(usize, usize) + Sync),
+) -> anyhow::Result<BenchmarkLayout> {
     use anyhow::Context;
     let layout = BenchmarkLayout::new(root);
     std::fs::create_dir_all(root).with_context(|| format!("cannot create {}", root.display()))?;
@@ -1095,45 +1140,56 @@ pub fn write_benchmark(config: &SynthConfig, root: &Path, threads: usize, progre
         let error: std::sync::Mutex<Option<anyhow::Error>> = std::sync::Mutex::new(None);
         std::thread::scope(|scope| {
             for _ in 0..threads.max(1) {
-                scope.spawn(|| loop {
-                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    if i >= n || error.lock().unwrap().is_some() {
-                        break;
-                    }
-                    let sample = render(config, split, i as u64);
-                    let rel = relative_path(split, i as u64);
-                    let path = root.join(&rel);
-                    let result = (|| -> anyhow::Result<()> {
-                        std::fs::create_dir_all(path.parent().unwrap())?;
-                        write_jpeg(&path, sample.width as u32, sample.height as u32, &sample.pixels, config.jpeg_quality)
-                    })();
-                    if let Err(e) = result {
-                        *error.lock().unwrap() = Some(e.context(format!("writing {}", path.display())));
-                        break;
-                    }
-                    let gt = (split != Split::Train).then(|| {
-                        serde_json::Value::Object(sample.masks.iter().map(|(task, m)| (task.to_string(), rle::encode_json(m))).collect())
-                    });
-                    // Label noise (a separate stream, so the images do not depend on it).
-                    let mut labels = sample.labels;
-                    if config.label_noise > 0.0 {
-                        let mut r = Rng::derive(config.seed ^ 0x1abe1, &[split.id(), i as u64]);
-                        for l in labels.iter_mut() {
-                            if r.bool(config.label_noise) {
-                                *l = !*l;
+                scope.spawn(|| {
+                    loop {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        if i >= n || error.lock().unwrap().is_some() {
+                            break;
+                        }
+                        let sample = render(config, split, i as u64);
+                        let rel = relative_path(split, i as u64);
+                        let path = root.join(&rel);
+                        let result = (|| -> anyhow::Result<()> {
+                            std::fs::create_dir_all(path.parent().unwrap())?;
+                            write_jpeg(
+                                &path,
+                                sample.width as u32,
+                                sample.height as u32,
+                                &sample.pixels,
+                                config.jpeg_quality,
+                            )
+                        })();
+                        if let Err(e) = result {
+                            *error.lock().unwrap() = Some(e.context(format!("writing {}", path.display())));
+                            break;
+                        }
+                        let gt = (split != Split::Train).then(|| {
+                            serde_json::Value::Object(
+                                sample.masks.iter().map(|(task, m)| (task.to_string(), rle::encode_json(m))).collect(),
+                            )
+                        });
+                        // Label noise (a separate stream, so the images do not depend on it).
+                        let mut labels = sample.labels;
+                        if config.label_noise > 0.0 {
+                            let mut r = Rng::derive(config.seed ^ 0x1abe1, &[split.id(), i as u64]);
+                            for l in labels.iter_mut() {
+                                if r.bool(config.label_noise) {
+                                    *l = !*l;
+                                }
                             }
                         }
+                        *results[i].lock().unwrap() = Some((rel, labels, sample.sex, sample.age, gt));
+                        let k = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+                        progress(k, total);
                     }
-                    *results[i].lock().unwrap() = Some((rel, labels, sample.sex, sample.age, gt));
-                    let k = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
-                    progress(k, total);
                 });
             }
         });
         if let Some(e) = error.into_inner().unwrap() {
             return Err(e);
         }
-        let rows: Vec<_> = results.into_iter().map(|r| r.into_inner().unwrap().expect("every image rendered")).collect();
+        let rows: Vec<_> =
+            results.into_iter().map(|r| r.into_inner().unwrap().expect("every image rendered")).collect();
         let header = |visual: bool| {
             let mut cols = vec!["Path", "Sex", "Age", "Frontal/Lateral", "AP/PA"];
             if visual {
@@ -1173,7 +1229,8 @@ pub fn write_benchmark(config: &SynthConfig, root: &Path, threads: usize, progre
                 let gt: serde_json::Map<String, serde_json::Value> =
                     rows.iter().map(|r| (chexlocalize_id(&r.0), r.4.clone().expect("masks for valid/test"))).collect();
                 let path = if split == Split::Valid { &layout.gt_val } else { &layout.gt_test };
-                std::fs::write(path, serde_json::to_string(&gt)?).with_context(|| format!("cannot write {}", path.display()))?;
+                std::fs::write(path, serde_json::to_string(&gt)?)
+                    .with_context(|| format!("cannot write {}", path.display()))?;
             }
         }
     }
@@ -1185,7 +1242,12 @@ pub fn write_benchmark(config: &SynthConfig, root: &Path, threads: usize, progre
 pub fn write_jpeg(path: &Path, width: u32, height: u32, pixels: &[u8], quality: u8) -> anyhow::Result<()> {
     use image::ImageEncoder;
     let file = std::io::BufWriter::new(std::fs::File::create(path)?);
-    image::codecs::jpeg::JpegEncoder::new_with_quality(file, quality).write_image(pixels, width, height, image::ExtendedColorType::L8)?;
+    image::codecs::jpeg::JpegEncoder::new_with_quality(file, quality).write_image(
+        pixels,
+        width,
+        height,
+        image::ExtendedColorType::L8,
+    )?;
     Ok(())
 }
 
@@ -1221,10 +1283,17 @@ mod tests {
                 assert_eq!((mask.height, mask.width), (s.height, s.width));
                 if task == "Airspace Opacity" {
                     // Implied by edema, consolidation, pneumonia and atelectasis too.
-                    let implied = ["Lung Opacity", "Edema", "Consolidation", "Pneumonia", "Atelectasis"].iter().any(|n| s.labels[class(n)]);
+                    let implied = ["Lung Opacity", "Edema", "Consolidation", "Pneumonia", "Atelectasis"]
+                        .iter()
+                        .any(|n| s.labels[class(n)]);
                     assert_eq!(!mask.is_empty(), implied, "image {i} {task}");
                 } else {
-                    assert_eq!(!mask.is_empty(), positive, "image {i} {task}: label {positive}, mask {} px", mask.count());
+                    assert_eq!(
+                        !mask.is_empty(),
+                        positive,
+                        "image {i} {task}: label {positive}, mask {} px",
+                        mask.count()
+                    );
                 }
             }
             let pathology = (1..14).any(|k| CHEXPERT_CLASSES[k] != "Support Devices" && s.labels[k]);

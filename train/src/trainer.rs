@@ -21,7 +21,7 @@ use crate::model::{self, Backbone, MedicalPatchNet};
 use crate::optim::{AdamW, GradScaler};
 use crate::rng::Rng;
 use crate::schedule::OneCycle;
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result, bail};
 use medpatch_models::{ArchConfig, CHEXPERT_CLASSES};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -150,8 +150,10 @@ pub fn build_model(vs: &nn::VarStore, arch: &ArchConfig, patch_size: i64) -> Med
 
 /// Save the backbone as torchvision would (`state_dict()` names, `num_batches_tracked` as int64).
 pub fn save_weights(vs: &nn::VarStore, path: &Path, num_batches_tracked: i64) -> Result<()> {
-    let mut named: Vec<(String, Tensor)> = vs.variables().into_iter().map(|(k, v)| (k, v.detach().to_device(Device::Cpu).contiguous())).collect();
-    let bn: Vec<String> = named.iter().filter_map(|(k, _)| k.strip_suffix(".running_mean").map(str::to_string)).collect();
+    let mut named: Vec<(String, Tensor)> =
+        vs.variables().into_iter().map(|(k, v)| (k, v.detach().to_device(Device::Cpu).contiguous())).collect();
+    let bn: Vec<String> =
+        named.iter().filter_map(|(k, _)| k.strip_suffix(".running_mean").map(str::to_string)).collect();
     for prefix in bn {
         named.push((format!("{prefix}.num_batches_tracked"), Tensor::from(num_batches_tracked)));
     }
@@ -201,17 +203,38 @@ pub fn load_imagenet(vs: &nn::VarStore, path: &Path) -> Result<String> {
             bad_shapes.iter().take(8).collect::<Vec<_>>()
         );
     }
-    let kept: Vec<&str> = replaced.iter().copied().filter(|n| report.wrong_shape.iter().any(|(w, _, _)| w == n)).collect();
-    Ok(format!("loaded {} tensors from {}; freshly initialised (replaced as the seed does): {kept:?}", report.loaded, path.display()))
+    let kept: Vec<&str> =
+        replaced.iter().copied().filter(|n| report.wrong_shape.iter().any(|(w, _, _)| w == n)).collect();
+    Ok(format!(
+        "loaded {} tensors from {}; freshly initialised (replaced as the seed does): {kept:?}",
+        report.loaded,
+        path.display()
+    ))
 }
 
 /// Sigmoid scores and targets over a dataset, in record order (eval mode, no augmentation).
-pub fn predict(net: &MedicalPatchNet, dataset: &Arc<Dataset>, device: Device, batch_size: usize, image_size: u32, workers: usize, amp: bool) -> Result<(Vec<f32>, Vec<f32>, f64)> {
+pub fn predict(
+    net: &MedicalPatchNet,
+    dataset: &Arc<Dataset>,
+    device: Device,
+    batch_size: usize,
+    image_size: u32,
+    workers: usize,
+    amp: bool,
+) -> Result<(Vec<f32>, Vec<f32>, f64)> {
     let order: Vec<usize> = (0..dataset.records.len()).collect();
     let loader = Loader::new(
         dataset.clone(),
         order,
-        LoaderOptions { batch_size, image_size, augment: false, workers, prefetch: 2 * workers.max(1), seed: 0, epoch: 0 },
+        LoaderOptions {
+            batch_size,
+            image_size,
+            augment: false,
+            workers,
+            prefetch: 2 * workers.max(1),
+            seed: 0,
+            epoch: 0,
+        },
     );
     let (mut scores, mut targets) = (Vec::new(), Vec::new());
     let mut loss_sum = 0f64;
@@ -236,7 +259,11 @@ pub fn validation_from(scores: &[f32], targets: &[f32], loss: f64) -> Validation
     Validation {
         loss,
         mean_auroc: metrics::mean_defined(&per_class),
-        auroc: CHEXPERT_CLASSES.iter().zip(&per_class).map(|(c, a)| ClassAuroc { class: c.to_string(), auroc: *a }).collect(),
+        auroc: CHEXPERT_CLASSES
+            .iter()
+            .zip(&per_class)
+            .map(|(c, a)| ClassAuroc { class: c.to_string(), auroc: *a })
+            .collect(),
         samples: targets.len() / 14,
     }
 }
@@ -265,7 +292,10 @@ pub fn train(opts: &TrainOptions, log: &mut dyn FnMut(&str)) -> Result<PathBuf> 
         anyhow::ensure!((0.0..1.0).contains(&p), "stochastic depth must be in [0, 1)");
         arch.stochastic_depth = p;
     }
-    anyhow::ensure!(opts.patch_size > 0 && opts.image_size as i64 % opts.patch_size == 0, "the patch size must divide the image size");
+    anyhow::ensure!(
+        opts.patch_size > 0 && opts.image_size as i64 % opts.patch_size == 0,
+        "the patch size must divide the image size"
+    );
     std::fs::create_dir_all(&opts.out).with_context(|| format!("cannot create {}", opts.out.display()))?;
 
     let mut train_set = Dataset::from_csv(&opts.train_csv, &opts.train_root)?;
@@ -292,14 +322,26 @@ pub fn train(opts: &TrainOptions, log: &mut dyn FnMut(&str)) -> Result<PathBuf> 
     let mut resume_optimizer: Option<(PathBuf, u64)> = None;
 
     if let Some(resume) = &opts.resume {
-        let meta: CheckpointMeta = serde_json::from_str(&std::fs::read_to_string(resume).with_context(|| format!("cannot read {}", resume.display()))?)
-            .with_context(|| format!("{} is not a medpatch-train checkpoint", resume.display()))?;
+        let meta: CheckpointMeta = serde_json::from_str(
+            &std::fs::read_to_string(resume).with_context(|| format!("cannot read {}", resume.display()))?,
+        )
+        .with_context(|| format!("{} is not a medpatch-train checkpoint", resume.display()))?;
         anyhow::ensure!(meta.format == CHECKPOINT_FORMAT, "unsupported checkpoint format {}", meta.format);
-        anyhow::ensure!(meta.arch_config == arch && meta.patch_size == opts.patch_size, "the checkpoint was trained with another architecture or patch size");
-        anyhow::ensure!(meta.scheduler.one_cycle == schedule, "resuming needs the same epochs, batch size, learning rate and data size (the OneCycle schedule differs)");
+        anyhow::ensure!(
+            meta.arch_config == arch && meta.patch_size == opts.patch_size,
+            "the checkpoint was trained with another architecture or patch size"
+        );
+        anyhow::ensure!(
+            meta.scheduler.one_cycle == schedule,
+            "resuming needs the same epochs, batch size, learning rate and data size (the OneCycle schedule differs)"
+        );
         let dir = resume.parent().unwrap_or(Path::new("."));
         load_exact(&vs, &dir.join(&meta.weights_file))?;
-        let state = meta.optimizer.state_file.as_ref().context("the checkpoint kept no optimizer state (only the latest epoch does)")?;
+        let state = meta
+            .optimizer
+            .state_file
+            .as_ref()
+            .context("the checkpoint kept no optimizer state (only the latest epoch does)")?;
         resume_optimizer = Some((dir.join(state), meta.optimizer.step));
         start_epoch = meta.epoch;
         global_step = meta.scheduler.step;
@@ -312,7 +354,10 @@ pub fn train(opts: &TrainOptions, log: &mut dyn FnMut(&str)) -> Result<PathBuf> 
     vs.set_device(opts.device);
     let mut optimizer = AdamW::new(&vs, opts.lr, opts.weight_decay);
     if let Some((path, step)) = resume_optimizer {
-        let tensors: BTreeMap<String, Tensor> = Tensor::read_safetensors(&path).with_context(|| format!("cannot read {}", path.display()))?.into_iter().collect();
+        let tensors: BTreeMap<String, Tensor> = Tensor::read_safetensors(&path)
+            .with_context(|| format!("cannot read {}", path.display()))?
+            .into_iter()
+            .collect();
         optimizer.load_state_tensors(&tensors, step)?;
     }
     net.backbone.dropout = arch.dropout as f64;
@@ -384,7 +429,12 @@ pub fn train(opts: &TrainOptions, log: &mut dyn FnMut(&str)) -> Result<PathBuf> 
             seen += n as usize;
             patches += (n * patches_per_image) as usize;
             if let Some(bar) = &bar {
-                bar.set_message(format!("loss {:.4} lr {:.2e} {:.0} patches/s", loss_sum / seen as f64, lr, patches as f64 / started.elapsed().as_secs_f64()));
+                bar.set_message(format!(
+                    "loss {:.4} lr {:.2e} {:.0} patches/s",
+                    loss_sum / seen as f64,
+                    lr,
+                    patches as f64 / started.elapsed().as_secs_f64()
+                ));
                 bar.inc(1);
             }
         }
@@ -395,12 +445,19 @@ pub fn train(opts: &TrainOptions, log: &mut dyn FnMut(&str)) -> Result<PathBuf> 
         let train_loss = loss_sum / seen.max(1) as f64;
         let validation = match &valid_set {
             Some(v) => {
-                let (scores, targets, loss) = predict(&net, v, opts.device, opts.batch_size, opts.image_size, opts.workers, amp)?;
+                let (scores, targets, loss) =
+                    predict(&net, v, opts.device, opts.batch_size, opts.image_size, opts.workers, amp)?;
                 Some(validation_from(&scores, &targets, loss))
             }
             None => None,
         };
-        let entry = EpochLog { epoch: epoch + 1, train_loss, seconds, patches_per_second: patches as f64 / seconds, validation };
+        let entry = EpochLog {
+            epoch: epoch + 1,
+            train_loss,
+            seconds,
+            patches_per_second: patches as f64 / seconds,
+            validation,
+        };
         log(&describe_epoch(&entry));
         history.push(entry);
 
@@ -450,7 +507,11 @@ pub fn train(opts: &TrainOptions, log: &mut dyn FnMut(&str)) -> Result<PathBuf> 
         std::fs::write(opts.out.join("last.json"), serde_json::to_string_pretty(&meta)?)?;
         last = Some(json_path);
         if opts.stop_after_epoch.is_some_and(|stop| epoch + 1 >= stop) && epoch + 1 < opts.epochs {
-            log(&format!("stopping after epoch {} as asked; resume with --resume {}", epoch + 1, opts.out.join("last.json").display()));
+            log(&format!(
+                "stopping after epoch {} as asked; resume with --resume {}",
+                epoch + 1,
+                opts.out.join("last.json").display()
+            ));
             break;
         }
     }
@@ -467,9 +528,16 @@ fn forget_optimizer_state(json: &Path) -> Result<()> {
 }
 
 pub fn describe_epoch(e: &EpochLog) -> String {
-    let mut s = format!("epoch {}: train loss {:.4}, {:.0} s, {:.1} patches/s", e.epoch, e.train_loss, e.seconds, e.patches_per_second);
+    let mut s = format!(
+        "epoch {}: train loss {:.4}, {:.0} s, {:.1} patches/s",
+        e.epoch, e.train_loss, e.seconds, e.patches_per_second
+    );
     if let Some(v) = &e.validation {
-        s += &format!(", valid loss {:.4}, mean AUROC {}", v.loss, v.mean_auroc.map_or("n/a".into(), |a| format!("{a:.4}")));
+        s += &format!(
+            ", valid loss {:.4}, mean AUROC {}",
+            v.loss,
+            v.mean_auroc.map_or("n/a".into(), |a| format!("{a:.4}"))
+        );
     }
     s
 }
@@ -480,9 +548,11 @@ fn progress_bar(enabled: bool, len: u64, prefix: &str) -> Option<indicatif::Prog
     }
     let bar = indicatif::ProgressBar::new(len);
     bar.set_style(
-        indicatif::ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {elapsed_precise}<{eta_precise} {msg}")
-            .expect("valid template")
-            .progress_chars("=> "),
+        indicatif::ProgressStyle::with_template(
+            "{prefix} [{bar:30}] {pos}/{len} {elapsed_precise}<{eta_precise} {msg}",
+        )
+        .expect("valid template")
+        .progress_chars("=> "),
     );
     bar.set_prefix(prefix.to_string());
     Some(bar)

@@ -4,7 +4,7 @@
 //! the checkpoint's metadata matches the ONNX metadata.
 
 use medpatch_engine::backend::{self, BackendOptions, Provider, ProviderChoice};
-use medpatch_engine::{Model, ModelOrigin, DEFAULT_MODEL_BYTES};
+use medpatch_engine::{DEFAULT_MODEL_BYTES, Model, ModelOrigin};
 use medpatch_train::model::MedicalPatchNet;
 use medpatch_train::synth::{self, Split, SynthConfig};
 use medpatch_train::trainer::{self, CheckpointMeta};
@@ -23,14 +23,18 @@ fn ort_library() -> Option<PathBuf> {
     let lib = default_dir().join("../../.venv/lib");
     std::fs::read_dir(&lib).ok()?.filter_map(|e| e.ok()).find_map(|e| {
         let capi = e.path().join("site-packages/onnxruntime/capi");
-        std::fs::read_dir(capi).ok()?.filter_map(|f| f.ok().map(|f| f.path())).find(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("libonnxruntime.so.")))
+        std::fs::read_dir(capi)
+            .ok()?
+            .filter_map(|f| f.ok().map(|f| f.path()))
+            .find(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("libonnxruntime.so.")))
     })
 }
 
 #[test]
 fn shipped_checkpoint_and_onnx_agree() {
     tch::set_num_threads(1);
-    let meta: CheckpointMeta = serde_json::from_str(&std::fs::read_to_string(default_dir().join("medpatch-default.json")).unwrap()).unwrap();
+    let meta: CheckpointMeta =
+        serde_json::from_str(&std::fs::read_to_string(default_dir().join("medpatch-default.json")).unwrap()).unwrap();
     let vs = nn::VarStore::new(Device::Cpu);
     let net = trainer::build_model(&vs, &meta.arch_config, meta.patch_size);
     trainer::load_exact(&vs, &default_dir().join(&meta.weights_file)).unwrap();
@@ -54,8 +58,10 @@ fn shipped_checkpoint_and_onnx_agree() {
         images.extend(medpatch_engine::preprocess::preprocess(&gray, size).pixels);
     }
     let x = Tensor::from_slice(&images).reshape([2, 1, size as i64, size as i64]);
-    let tch_patch_logits: Vec<f32> = Vec::try_from(tch::no_grad(|| net.patch_logits(&x, false)).flatten(0, -1)).unwrap();
-    let tch_image_logits: Vec<f32> = Vec::try_from(tch::no_grad(|| net.forward_t(&x, false)).to_kind(Kind::Float).flatten(0, -1)).unwrap();
+    let tch_patch_logits: Vec<f32> =
+        Vec::try_from(tch::no_grad(|| net.patch_logits(&x, false)).flatten(0, -1)).unwrap();
+    let tch_image_logits: Vec<f32> =
+        Vec::try_from(tch::no_grad(|| net.forward_t(&x, false)).to_kind(Kind::Float).flatten(0, -1)).unwrap();
     let patches: Vec<f32> = Vec::try_from(MedicalPatchNet::tile(&x, meta.patch_size).flatten(0, -1)).unwrap();
     let n = patches.len() / (meta.patch_size * meta.patch_size) as usize;
 
@@ -75,7 +81,8 @@ fn shipped_checkpoint_and_onnx_agree() {
         let mut d_img = 0f32;
         for b in 0..2 {
             for c in 0..14 {
-                let mean = (0..per_image).map(|p| got[(b * per_image + p) * 14 + c] as f64).sum::<f64>() / per_image as f64;
+                let mean =
+                    (0..per_image).map(|p| got[(b * per_image + p) * 14 + c] as f64).sum::<f64>() / per_image as f64;
                 d_img = d_img.max((mean as f32 - tch_image_logits[b * 14 + c]).abs());
             }
         }

@@ -5,7 +5,7 @@
 //! reads (the ONNX export of a saved checkpoint gives the tch eval logits).
 
 use medpatch_models::ArchConfig;
-use medpatch_train::model::{load_weights, Backbone, MedicalPatchNet};
+use medpatch_train::model::{Backbone, MedicalPatchNet, load_weights};
 use medpatch_train::optim::AdamW;
 use medpatch_train::schedule::OneCycle;
 use medpatch_train::trainer;
@@ -22,7 +22,8 @@ fn repo_root() -> PathBuf {
 }
 
 fn python() -> PathBuf {
-    let path = std::env::var_os("MEDPATCH_PYTHON").map(PathBuf::from).unwrap_or_else(|| repo_root().join(".venv/bin/python"));
+    let path =
+        std::env::var_os("MEDPATCH_PYTHON").map(PathBuf::from).unwrap_or_else(|| repo_root().join(".venv/bin/python"));
     assert!(path.exists(), "reference Python not found at {}: run scripts/setup.sh first", path.display());
     path
 }
@@ -38,7 +39,16 @@ fn reference(arch: &str, size: u32, batch: u32) -> PathBuf {
     let dir = scratch(&format!("train-parity-{arch}"));
     let out = Command::new(python())
         .arg(repo_root().join("tests/python/train_parity.py"))
-        .args(["--arch", arch, "--out", dir.to_str().unwrap(), "--size", &size.to_string(), "--batch", &batch.to_string()])
+        .args([
+            "--arch",
+            arch,
+            "--out",
+            dir.to_str().unwrap(),
+            "--size",
+            &size.to_string(),
+            "--batch",
+            &batch.to_string(),
+        ])
         .output()
         .expect("cannot start the reference Python");
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
@@ -99,14 +109,22 @@ fn parity(arch: &str, size: u32, batch: u32) {
         let Loaded { vs, mut net } = load(arch, &dir, 64);
         net.backbone.dropout = 0.0;
         net.backbone.stochastic_depth = false;
-        let before: BTreeMap<String, Tensor> = vs.variables().into_iter().map(|(k, v)| (k, v.detach().copy())).collect();
+        let before: BTreeMap<String, Tensor> =
+            vs.variables().into_iter().map(|(k, v)| (k, v.detach().copy())).collect();
         let mut opt = AdamW::new(&vs, 1e-4, 0.01);
-        let loss = net.forward_t(images, true).binary_cross_entropy_with_logits::<Tensor>(targets, None, None, tch::Reduction::Mean);
+        let loss = net.forward_t(images, true).binary_cross_entropy_with_logits::<Tensor>(
+            targets,
+            None,
+            None,
+            tch::Reduction::Mean,
+        );
         let own = opt.gradients(&loss);
         let vars = vs.variables();
         let grad = if use_reference_grads {
-            let named: BTreeMap<String, Tensor> =
-                vars.keys().filter_map(|name| step.get(&format!("grad.{name}")).map(|g| (name.clone(), g.shallow_clone()))).collect();
+            let named: BTreeMap<String, Tensor> = vars
+                .keys()
+                .filter_map(|name| step.get(&format!("grad.{name}")).map(|g| (name.clone(), g.shallow_clone())))
+                .collect();
             opt.flat_from_named(&named)
         } else {
             let d_loss = (loss.double_value(&[]) - step["loss"].double_value(&[])).abs();
@@ -118,7 +136,10 @@ fn parity(arch: &str, size: u32, batch: u32) {
                     g_max = g_max.max(reference.abs().max().double_value(&[]));
                 }
             }
-            eprintln!("{arch} train step: loss {:.6}, |Δ loss| {d_loss:.2e}; gradients max |Δ| {d_grad:.2e} (largest gradient {g_max:.2e})", loss.double_value(&[]));
+            eprintln!(
+                "{arch} train step: loss {:.6}, |Δ loss| {d_loss:.2e}; gradients max |Δ| {d_grad:.2e} (largest gradient {g_max:.2e})",
+                loss.double_value(&[])
+            );
             assert!(d_loss <= TOLERANCE, "loss differs by {d_loss}");
             assert!(d_grad <= 1e-4 * g_max, "gradients differ by {d_grad} (largest {g_max})");
             own
@@ -127,7 +148,8 @@ fn parity(arch: &str, size: u32, batch: u32) {
         // Parameters: compare the updates. Where a gradient is within ~100·eps of zero, Adam's
         // first step (lr·g/(|g| + eps)) turns float32 noise in g into visible update noise, so
         // the pipeline check counts those elements separately; the optimizer-alone check covers all.
-        let (mut d_update, mut d_update_small_g, mut d_stats, mut max_update, mut small) = (0f64, 0f64, 0f64, 0f64, 0i64);
+        let (mut d_update, mut d_update_small_g, mut d_stats, mut max_update, mut small) =
+            (0f64, 0f64, 0f64, 0f64, 0i64);
         for (name, var) in &vars {
             let reference = &step[name];
             if name.contains("running_") {
@@ -141,12 +163,16 @@ fn parity(arch: &str, size: u32, batch: u32) {
             let g = step[&format!("grad.{name}")].abs();
             let small_g = g.lt(1e-6);
             small += small_g.sum(Kind::Int64).int64_value(&[]);
-            d_update = d_update.max(diff.where_self(&small_g.logical_not(), &diff.zeros_like()).max().double_value(&[]));
-            d_update_small_g = d_update_small_g.max(diff.where_self(&small_g, &diff.zeros_like()).max().double_value(&[]));
+            d_update =
+                d_update.max(diff.where_self(&small_g.logical_not(), &diff.zeros_like()).max().double_value(&[]));
+            d_update_small_g =
+                d_update_small_g.max(diff.where_self(&small_g, &diff.zeros_like()).max().double_value(&[]));
         }
         if use_reference_grads {
             let all = d_update.max(d_update_small_g);
-            eprintln!("{arch} AdamW alone (PyTorch's gradients): updates max |Δ| {all:.2e} over all parameters (lr 1e-4, largest update {max_update:.2e})");
+            eprintln!(
+                "{arch} AdamW alone (PyTorch's gradients): updates max |Δ| {all:.2e} over all parameters (lr 1e-4, largest update {max_update:.2e})"
+            );
             // float32 rounding of the parameters themselves: ≤ 2 ulp of values below 1.
             assert!(all <= 1.2e-7, "AdamW updates differ by {all}");
         } else {
@@ -161,12 +187,16 @@ fn parity(arch: &str, size: u32, batch: u32) {
     }
 
     // OneCycle: our schedule against PyTorch's.
-    let schedules: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("onecycle.json")).unwrap()).unwrap();
+    let schedules: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("onecycle.json")).unwrap()).unwrap();
     for (total, s) in schedules.as_object().unwrap() {
         let ours = OneCycle::new(1e-4, total.parse().unwrap(), 0.05);
         for (i, (lr, beta)) in s["lr"].as_array().unwrap().iter().zip(s["beta1"].as_array().unwrap()).enumerate() {
             let (l, b) = ours.at(i as u64);
-            assert!((l - lr.as_f64().unwrap()).abs() <= 1e-12 * lr.as_f64().unwrap().max(1e-12) + 1e-18, "total {total} step {i}: lr {l} vs {lr}");
+            assert!(
+                (l - lr.as_f64().unwrap()).abs() <= 1e-12 * lr.as_f64().unwrap().max(1e-12) + 1e-18,
+                "total {total} step {i}: lr {l} vs {lr}"
+            );
             assert!((b - beta.as_f64().unwrap()).abs() <= 1e-12, "total {total} step {i}: beta1 {b} vs {beta}");
         }
     }
@@ -200,7 +230,10 @@ fn checkpoint_exports_and_reloads() {
     let path = dir.join("ckpt.safetensors");
     trainer::save_weights(&vs, &path, 3).unwrap();
     let names: Vec<String> = Tensor::read_safetensors(&path).unwrap().into_iter().map(|(k, _)| k).collect();
-    assert!(names.contains(&"features.0.0.weight".to_string()) && names.contains(&"features.0.1.num_batches_tracked".to_string()));
+    assert!(
+        names.contains(&"features.0.0.weight".to_string())
+            && names.contains(&"features.0.1.num_batches_tracked".to_string())
+    );
 
     let vs2 = nn::VarStore::new(Device::Cpu);
     let net2 = trainer::build_model(&vs2, &arch, 64);
@@ -214,7 +247,12 @@ fn checkpoint_exports_and_reloads() {
     let out = Command::new(python())
         .arg(repo_root().join("tests/python/train_load_checkpoint.py"))
         .args(["--arch", "efficientnet_v2_tiny", "--weights", path.to_str().unwrap()])
-        .args(["--inputs", dir.join("patches.safetensors").to_str().unwrap(), "--out", dir.join("torch_logits.safetensors").to_str().unwrap()])
+        .args([
+            "--inputs",
+            dir.join("patches.safetensors").to_str().unwrap(),
+            "--out",
+            dir.join("torch_logits.safetensors").to_str().unwrap(),
+        ])
         .output()
         .unwrap();
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
@@ -225,7 +263,10 @@ fn checkpoint_exports_and_reloads() {
     eprintln!("checkpoint in torchvision (strict load) vs tch: patch logits max |Δ| {d_torch:.2e}");
     assert!(d_torch <= TOLERANCE);
 
-    let mut options = medpatch_exporter::ExportOptions::new(medpatch_exporter::WeightsSource::File(path.clone()), dir.join("model.onnx"));
+    let mut options = medpatch_exporter::ExportOptions::new(
+        medpatch_exporter::WeightsSource::File(path.clone()),
+        dir.join("model.onnx"),
+    );
     options.arch = arch.clone();
     let report = medpatch_exporter::export(&options).unwrap();
     assert_eq!(report.metadata.patch_size, 64);

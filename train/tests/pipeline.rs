@@ -68,9 +68,17 @@ fn offline_preprocessing_crops_resizes_and_writes_grayscale_q100() {
     // 300×200 RGB-looking gray image: 50-pixel bands left and right (cropped away) and a centre.
     let src = dir.join("src/CheXpert-v1.0/valid/patient1/study1/view1_frontal.png");
     std::fs::create_dir_all(src.parent().unwrap()).unwrap();
-    image::RgbImage::from_fn(300, 200, |x, _| if !(50..250).contains(&x) { image::Rgb([255, 0, 0]) } else { image::Rgb([90, 90, 90]) }).save(&src).unwrap();
+    image::RgbImage::from_fn(300, 200, |x, _| {
+        if !(50..250).contains(&x) { image::Rgb([255, 0, 0]) } else { image::Rgb([90, 90, 90]) }
+    })
+    .save(&src)
+    .unwrap();
     let csv = dir.join("src/valid.csv");
-    std::fs::write(&csv, format!("{HEADER}\nCheXpert-v1.0/valid/patient1/study1/view1_frontal.png,F,1,Frontal,AP,1.0,,,,,,,,,,,,,\n")).unwrap();
+    std::fs::write(
+        &csv,
+        format!("{HEADER}\nCheXpert-v1.0/valid/patient1/study1/view1_frontal.png,F,1,Frontal,AP,1.0,,,,,,,,,,,,,\n"),
+    )
+    .unwrap();
     let n = data::preprocess_dataset(&[csv], &dir.join("src"), &dir.join("dst"), 128, 2, false, &|_, _| {}).unwrap();
     assert_eq!(n, 1);
     assert!(dir.join("dst/valid.csv").exists(), "the CSV is copied beside the images");
@@ -101,9 +109,19 @@ fn loader_batches_in_order_with_deterministic_augmentation() {
     }
     std::fs::write(dir.join("fixture.csv"), &csv).unwrap();
     let dataset = Arc::new(Dataset::from_csv(&dir.join("fixture.csv"), &dir).unwrap());
-    let options = |workers, augment| LoaderOptions { batch_size: 3, image_size: 64, augment, workers, prefetch: 2, seed: 5, epoch: 1 };
+    let options = |workers, augment| LoaderOptions {
+        batch_size: 3,
+        image_size: 64,
+        augment,
+        workers,
+        prefetch: 2,
+        seed: 5,
+        epoch: 1,
+    };
     let order = vec![6, 0, 3, 1, 5, 2, 4];
-    let collect = |workers, augment| -> Vec<data::Batch> { Loader::new(dataset.clone(), order.clone(), options(workers, augment)).map(|b| b.unwrap()).collect() };
+    let collect = |workers, augment| -> Vec<data::Batch> {
+        Loader::new(dataset.clone(), order.clone(), options(workers, augment)).map(|b| b.unwrap()).collect()
+    };
     let one = collect(1, true);
     let three = collect(3, true);
     assert_eq!(one.iter().map(|b| b.indices.clone()).collect::<Vec<_>>(), vec![vec![6, 0, 3], vec![1, 5, 2], vec![4]]);
@@ -193,7 +211,8 @@ fn synthetic_benchmark_files_train_resume_and_export() {
     assert_eq!(v.auroc.len(), 14);
     assert_eq!(v.samples, 8);
     assert!(meta.optimizer.state_file.is_some());
-    let first: CheckpointMeta = serde_json::from_str(&std::fs::read_to_string(dir.join("straight/epoch-001.json")).unwrap()).unwrap();
+    let first: CheckpointMeta =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("straight/epoch-001.json")).unwrap()).unwrap();
     assert!(first.optimizer.state_file.is_none(), "only the latest epoch keeps optimizer state");
 
     // Interrupted after epoch 1, then resumed: the same weights as the straight run, bit for bit.
@@ -201,14 +220,19 @@ fn synthetic_benchmark_files_train_resume_and_export() {
     interrupted.stop_after_epoch = Some(1);
     let cut = trainer::train(&interrupted, &mut |_| {}).unwrap();
     assert!(cut.ends_with("epoch-001.json"));
-    trainer::train(&opts("interrupted", 2, Some(dir.join("interrupted/last.json"))), &mut |l| eprintln!("{l}")).unwrap();
+    trainer::train(&opts("interrupted", 2, Some(dir.join("interrupted/last.json"))), &mut |l| eprintln!("{l}"))
+        .unwrap();
     let read = |p: PathBuf| -> Vec<(String, Vec<f32>)> {
-        let mut v: Vec<(String, Vec<f32>)> =
-            tch::Tensor::read_safetensors(&p).unwrap().into_iter().map(|(k, t)| (k, Vec::<f32>::try_from(t.to_kind(tch::Kind::Float).flatten(0, -1)).unwrap())).collect();
+        let mut v: Vec<(String, Vec<f32>)> = tch::Tensor::read_safetensors(&p)
+            .unwrap()
+            .into_iter()
+            .map(|(k, t)| (k, Vec::<f32>::try_from(t.to_kind(tch::Kind::Float).flatten(0, -1)).unwrap()))
+            .collect();
         v.sort_by(|x, y| x.0.cmp(&y.0));
         v
     };
-    let (a, b) = (read(dir.join("straight/epoch-002.safetensors")), read(dir.join("interrupted/epoch-002.safetensors")));
+    let (a, b) =
+        (read(dir.join("straight/epoch-002.safetensors")), read(dir.join("interrupted/epoch-002.safetensors")));
     assert_eq!(a.len(), b.len());
     for ((ka, va), (kb, vb)) in a.iter().zip(&b) {
         assert_eq!(ka, kb);
@@ -216,7 +240,10 @@ fn synthetic_benchmark_files_train_resume_and_export() {
     }
 
     // Export the trained checkpoint as the user would (`medpatch export --weights … --arch …`).
-    let mut export = medpatch_exporter::ExportOptions::new(medpatch_exporter::WeightsSource::File(last.with_extension("safetensors")), dir.join("model.onnx"));
+    let mut export = medpatch_exporter::ExportOptions::new(
+        medpatch_exporter::WeightsSource::File(last.with_extension("safetensors")),
+        dir.join("model.onnx"),
+    );
     export.arch = medpatch_models::ArchConfig::builtin("efficientnet_v2_tiny").unwrap();
     medpatch_exporter::export(&export).unwrap();
     assert!(medpatch_engine::Model::from_path(&dir.join("model.onnx")).is_ok());

@@ -7,12 +7,12 @@
 mod onnxruntime;
 mod tract;
 
-use crate::model::Model;
 use crate::EngineError;
+use crate::model::Model;
 use serde::Serialize;
 use std::path::PathBuf;
 
-pub use onnxruntime::{default_ort_library, OrtLibrary};
+pub use onnxruntime::{OrtLibrary, default_ort_library};
 
 /// A backend that actually ran.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -110,7 +110,9 @@ pub fn select(model: &Model, choice: ProviderChoice, options: &BackendOptions) -
     for &provider in order {
         let attempt = match provider {
             Provider::Tract => tract::TractBackend::new(model, options).map(|b| Box::new(b) as Box<dyn Backend>),
-            ort_provider => onnxruntime::OrtBackend::new(model, ort_provider, options).map(|b| Box::new(b) as Box<dyn Backend>),
+            ort_provider => {
+                onnxruntime::OrtBackend::new(model, ort_provider, options).map(|b| Box::new(b) as Box<dyn Backend>)
+            }
         };
         match attempt {
             Ok(backend) => return Ok(Selection { backend, skipped }),

@@ -1,6 +1,6 @@
 use super::{Backend, BackendOptions, Provider};
-use crate::model::Model;
 use crate::EngineError;
+use crate::model::Model;
 use medpatch_models::contract::INPUT_NAME;
 use ort::ep;
 use ort::session::Session;
@@ -57,15 +57,16 @@ fn environment(requested: Option<&Path>) -> Result<&'static ort::environment::En
                 .build()
                 .map_err(|e| format!("cannot start ONNX Runtime from {}: {e}", path.display()))
         })
-        .unwrap_or_else(|panic| Err(format!("cannot load ONNX Runtime from {}: {}", path.display(), panic_message(&panic))))?;
+        .unwrap_or_else(|panic| {
+            Err(format!("cannot load ONNX Runtime from {}: {}", path.display(), panic_message(&panic)))
+        })?;
         Ok((OrtLibrary { path }, env))
     });
     match outcome {
         Ok((lib, env)) => match requested {
-            Some(p) if p != lib.path => Err(format!(
-                "ONNX Runtime is already loaded from {}; one library per process",
-                lib.path.display()
-            )),
+            Some(p) if p != lib.path => {
+                Err(format!("ONNX Runtime is already loaded from {}; one library per process", lib.path.display()))
+            }
             _ => Ok(env),
         },
         Err(e) => Err(e.clone()),
@@ -135,7 +136,10 @@ impl Backend for OrtBackend {
         let outputs = session.run(ort::inputs![INPUT_NAME => input]).map_err(fail)?;
         let (shape, logits) = outputs[0].try_extract_tensor::<f32>().map_err(fail)?;
         if shape.iter().map(|&d| d as usize).collect::<Vec<_>>() != [n, self.classes] {
-            return Err(EngineError::Backend(format!("ONNX Runtime returned shape {shape:?}, expected [{n}, {}]", self.classes)));
+            return Err(EngineError::Backend(format!(
+                "ONNX Runtime returned shape {shape:?}, expected [{n}, {}]",
+                self.classes
+            )));
         }
         Ok(logits.to_vec())
     }

@@ -1,9 +1,9 @@
 use super::{Backend, BackendOptions, Provider};
-use crate::model::Model;
 use crate::EngineError;
+use crate::model::Model;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use tract_linalg::multithread::{multithread_tract_scope, Executor};
+use tract_linalg::multithread::{Executor, multithread_tract_scope};
 use tract_onnx::prelude::*;
 
 type Plan = Arc<TypedSimplePlan>;
@@ -70,13 +70,18 @@ impl Backend for TractBackend {
         let plan = self.plan(n).map_err(EngineError::Backend)?;
         let input = tract_ndarray::Array4::from_shape_vec((n, c, h, w), patches.to_vec())
             .map_err(|e| EngineError::Backend(format!("tract input: {e}")))?;
-        let outputs = multithread_tract_scope(self.executor.clone(), || plan.run(tvec!(Tensor::from(input).into_tvalue())))
-            .map_err(|e| EngineError::Backend(format!("tract: {e:#}")))?;
+        let outputs =
+            multithread_tract_scope(self.executor.clone(), || plan.run(tvec!(Tensor::from(input).into_tvalue())))
+                .map_err(|e| EngineError::Backend(format!("tract: {e:#}")))?;
         let logits = outputs[0]
             .to_plain_array_view::<f32>()
             .map_err(|e| EngineError::Backend(format!("tract output: {e:#}")))?;
         if logits.shape() != [n, self.classes] {
-            return Err(EngineError::Backend(format!("tract returned shape {:?}, expected [{n}, {}]", logits.shape(), self.classes)));
+            return Err(EngineError::Backend(format!(
+                "tract returned shape {:?}, expected [{n}, {}]",
+                logits.shape(),
+                self.classes
+            )));
         }
         Ok(logits.iter().copied().collect())
     }
