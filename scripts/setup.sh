@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs everything the full test suite needs, from the package registries only, pinned:
 # the Python reference environment in .venv (torch/torchvision, onnx, onnxruntime, PIL, pydicom,
-# pytest). Re-running it is fast: nothing is reinstalled while scripts/requirements-test.txt is
+# pytest, cmake, maturin), cbindgen (.cache/tools), and the `medpatch` Python package itself
+# (`pip install ./python`, built with the workspace's dev profile so that the Rust test build
+# reuses it). Re-running it is fast: nothing is reinstalled while scripts/requirements-test.txt is
 # unchanged, and pip's cache is reused otherwise.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -34,3 +36,17 @@ if [ -z "$ORT_LIB" ]; then
     exit 1
 fi
 echo "setup: ONNX Runtime library: $ORT_LIB"
+
+# cbindgen regenerates ffi/include/medpatch.h; a test checks the committed header against it.
+CBINDGEN_VERSION=0.29.4
+if [ "$(.cache/tools/bin/cbindgen --version 2>/dev/null)" != "cbindgen $CBINDGEN_VERSION" ]; then
+    echo "setup: installing cbindgen $CBINDGEN_VERSION into .cache/tools (about a minute)"
+    cargo install --quiet --locked --root .cache/tools cbindgen --version "$CBINDGEN_VERSION"
+fi
+
+# The Python package, exactly as a user installs it (pip install ./python), into .venv. The dev
+# profile (dependencies optimised, see Cargo.toml) shares the workspace's target/ with the Rust
+# tests; --no-build-isolation uses the pinned maturin above instead of fetching one.
+echo "setup: pip install ./python (medpatch Python package)"
+"$VENV/bin/python" -m pip install --quiet --no-build-isolation --no-deps \
+    --config-settings=build-args="--profile dev" ./python

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The whole test suite: installs what it needs (scripts/setup.sh), then runs every Rust and
-# Python test. Exits non-zero if anything fails.
+# The whole test suite: installs what it needs (scripts/setup.sh), then checks formatting and
+# lints and runs every Rust, C/C++ and Python test. Exits non-zero if anything fails.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -9,12 +9,20 @@ scripts/setup.sh
 ORT_DYLIB_PATH=$(ls "$PWD"/.venv/lib/python3*/site-packages/onnxruntime/capi/libonnxruntime.so.* | head -n1)
 export ORT_DYLIB_PATH
 export MEDPATCH_PYTHON="$PWD/.venv/bin/python"
+export MEDPATCH_BIN="$PWD/target/debug/medpatch"
+# pyo3 (the Python package's crate) finds its interpreter here when clippy checks it.
+export PYO3_PYTHON="$MEDPATCH_PYTHON"
 
-echo "== Rust tests (workspace)"
-# medpatch-train links libtorch: it is built and tested in its own block below.
-cargo test --workspace --exclude medpatch-train --locked --no-fail-fast
+echo "== Formatting and lints"
+cargo fmt --all -- --check
+cargo clippy --workspace --exclude medpatch-train --all-targets --locked -- -D warnings
 
-echo "== Python tests"
+echo "== Rust tests (workspace; the C API's examples are built and run by ffi/tests/packaging.rs)"
+# medpatch-train links libtorch: it is built and tested in its own block below. medpatch-python
+# is a Python extension: scripts/setup.sh builds and installs it, pytest tests it.
+cargo test --workspace --exclude medpatch-train --exclude medpatch-python --locked --no-fail-fast
+
+echo "== Python tests (references, and the installed medpatch package)"
 .venv/bin/python -m pytest -q tests/python
 
 # ---- medpatch-train (libtorch through tch) ---------------------------------------------------
@@ -28,6 +36,7 @@ echo "== medpatch-train (libtorch)"
     # shellcheck disable=SC1091
     source .venv/bin/activate
     export LIBTORCH_USE_PYTORCH=1
+    cargo clippy -p medpatch-train --all-targets --locked -- -D warnings
     cargo test -p medpatch-train --locked
 )
 # ---- end medpatch-train -----------------------------------------------------------------------

@@ -27,16 +27,27 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let result = match cli.command {
+    // A panic is a bug; it still ends with a documented exit code (1), not Rust's 101.
+    let result = std::panic::catch_unwind(move || match cli.command {
         Command::Predict(args) => cli::predict::run(args),
         Command::Export(args) => cli::export::run(args),
         Command::Bench(args) => cli::bench::run(args),
-    };
+    })
+    .unwrap_or_else(|_| {
+        Err(anyhow::anyhow!("internal error (a bug in medpatch: please report it with the message above)"))
+    });
     match result {
         Ok(code) => code,
+        // A closed stdout (`medpatch predict dir | head -1`) is the reader saying "enough":
+        // stop quietly, as ripgrep does.
+        Err(err) if is_broken_pipe(&err) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("medpatch: error: {err:#}");
             cli::exit::failure()
         }
     }
+}
+
+fn is_broken_pipe(err: &anyhow::Error) -> bool {
+    err.chain().any(|e| e.downcast_ref::<std::io::Error>().is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe))
 }

@@ -182,3 +182,64 @@ fn models_without_metadata_or_with_the_wrong_input_are_refused() {
     let out = medpatch(&["predict", "--model", "assets/00001369_000.png", "assets/00001369_000.png"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("not an ONNX model"));
 }
+
+#[test]
+fn lone_bad_inputs_empty_folders_and_all_failed_batches_exit_1_without_a_panic() {
+    let dir = scratch("cli-lone-bad");
+    let notes = dir.join("notes.png");
+    std::fs::write(&notes, "not an image").unwrap();
+    let garbage = dir.join("garbage.dcm");
+    std::fs::write(&garbage, [0x08u8, 0x00, 0x10, 0x00, 0xff, 0xff, 0xff, 0xff, 1, 2, 3]).unwrap();
+    let empty_dir = dir.join("empty");
+    std::fs::create_dir_all(&empty_dir).unwrap();
+    let good = cxr_dir().join("pediatric/NORMAL2-IM-1427-0001.jpeg");
+
+    let check_failed = |out: &Output, expected_records: usize, failed: usize, total: usize| {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+        assert!(stderr.contains(&format!("{failed} of {total} inputs failed")), "{stderr}");
+        assert_eq!(jsonl(out).len(), expected_records, "{stderr}");
+    };
+    // A lone corrupt file: a named error and exit 1 (this used to panic in Engine::run_patches).
+    let out = medpatch(&["predict", notes.to_str().unwrap()]);
+    check_failed(&out, 1, 1, 1);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("notes.png: unrecognised file format"));
+    // A batch of only corrupt files.
+    let out = medpatch(&["predict", notes.to_str().unwrap(), garbage.to_str().unwrap()]);
+    check_failed(&out, 2, 2, 2);
+    // An empty folder: nothing to do is not a success.
+    let out = medpatch(&["predict", empty_dir.to_str().unwrap()]);
+    check_failed(&out, 0, 1, 1);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no images in this folder"));
+    // One image per batch with a bad file in the middle: results in input order.
+    let (g, n) = (good.to_str().unwrap(), notes.to_str().unwrap());
+    let out = medpatch(&["predict", "--images-per-batch", "1", g, n, g]);
+    check_failed(&out, 3, 1, 3);
+    let records = jsonl(&out);
+    assert!(records[0].get("error").is_none() && records[2].get("error").is_none());
+    assert_eq!(records[1]["input"], n);
+    assert_eq!(records[0]["probabilities"], records[2]["probabilities"]);
+}
+
+#[test]
+fn a_closed_stdout_ends_quietly() {
+    use std::io::BufRead;
+    // `medpatch predict dir | head -1`: the reader goes away after one line.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_medpatch"))
+        .args(["predict", "--images-per-batch", "1", "--provider", "tract"])
+        .arg(cxr_dir().join("nih/images"))
+        .current_dir(repo_root())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut first).unwrap();
+    assert!(first.contains("probabilities"), "{first}");
+    // The reader (and with it the pipe's read end) is dropped here; 31 images are still to come.
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(!stderr.contains("error") && !stderr.contains("panicked"), "{stderr}");
+}

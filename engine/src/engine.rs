@@ -3,7 +3,7 @@
 
 use crate::backend::{self, Backend, BackendOptions, Provider, ProviderChoice};
 use crate::decode::{self, GrayImage};
-use crate::explain::{self, DenseAccumulator};
+use crate::explain::{self, DenseAccumulator, MapKind};
 use crate::model::{Model, ModelOrigin};
 use crate::{EngineError, preprocess, tile};
 use serde::Serialize;
@@ -162,11 +162,22 @@ impl Engine {
         preprocess::preprocess(image, self.model.image_size() as u32)
     }
 
-    /// Run the patch backbone on `n` patches, in backend calls of at most `batch_size` patches.
+    /// Run the patch backbone on `n` patches (`[n, C, P, P]`), in backend calls of at most
+    /// `batch_size` patches. `n = 0` is an ordinary case (a batch whose files all failed to
+    /// decode): it gives no logits and calls no backend.
     pub fn run_patches(&self, patches: &[f32], n: usize) -> Result<Vec<f32>, EngineError> {
-        let per_patch = patches.len() / n.max(1);
+        let per_patch = self.model.channels * self.model.patch_size() * self.model.patch_size();
+        if patches.len() != n * per_patch {
+            return Err(EngineError::Input(format!(
+                "{} values are not {n} patches of {per_patch} values",
+                patches.len()
+            )));
+        }
         let classes = self.model.num_classes();
         let mut logits = Vec::with_capacity(n * classes);
+        if n == 0 {
+            return Ok(logits);
+        }
         for chunk in patches.chunks(self.batch_size * per_patch) {
             let m = chunk.len() / per_patch;
             let out = self.backend.run(chunk, m)?;
@@ -231,36 +242,60 @@ impl Engine {
             .collect())
     }
 
-    /// Decode, preprocess and predict image files. One result per path, in order; a bad file
-    /// gets an error naming it and does not stop the others.
-    pub fn predict_paths(&self, paths: &[PathBuf]) -> Vec<Result<Prediction, EngineError>> {
+    /// Decode (if needed) and preprocess one input: what the model will see, with the time each
+    /// step took. The CPU-side half of a prediction; [`Engine::predict_loaded`] is the other.
+    pub fn load(&self, input: &Input<'_>) -> Result<Loaded, EngineError> {
+        let started = Instant::now();
+        let decoded;
+        let image = match input {
+            Input::Path(path) => {
+                decoded = decode::decode_path(path)?;
+                &decoded
+            }
+            Input::Bytes { bytes, name } => {
+                decoded = decode::decode_bytes(bytes, name)
+                    .map_err(|e| decode::DecodeError::InFile { path: PathBuf::from(name), problem: Box::new(e) })?;
+                &decoded
+            }
+            Input::Image(image) => {
+                check_pixels(image)?;
+                image
+            }
+        };
+        let decode_time = started.elapsed();
+        let started = Instant::now();
+        let image = self.prepare(image);
+        Ok(Loaded { image, decode: decode_time, preprocess: started.elapsed() })
+    }
+
+    /// Predict loaded inputs, all their patches batched together. One result per input, in order;
+    /// an input that failed to load keeps its error and does not stop the others.
+    pub fn predict_loaded(&self, loaded: Vec<Result<Loaded, EngineError>>) -> Vec<Result<Prediction, EngineError>> {
+        let mut results: Vec<Option<Result<Prediction, EngineError>>> = Vec::with_capacity(loaded.len());
         let mut prepared = Vec::new();
-        let mut results: Vec<Option<Result<Prediction, EngineError>>> = Vec::with_capacity(paths.len());
-        let mut front: Vec<(usize, Duration, Duration)> = Vec::new();
-        for (i, path) in paths.iter().enumerate() {
-            let started = Instant::now();
-            match decode::decode_path(path) {
-                Ok(image) => {
-                    let decode_time = started.elapsed();
-                    let started = Instant::now();
-                    prepared.push(self.prepare(&image));
-                    front.push((i, decode_time, started.elapsed()));
+        let mut front = Vec::new();
+        for (i, item) in loaded.into_iter().enumerate() {
+            match item {
+                Ok(Loaded { image, decode, preprocess }) => {
+                    prepared.push(image);
+                    front.push((i, decode, preprocess));
                     results.push(None);
                 }
-                Err(e) => results.push(Some(Err(e.into()))),
+                Err(e) => results.push(Some(Err(e))),
             }
         }
         match self.predict_prepared(&prepared) {
             Ok(predictions) => {
-                for ((i, decode_time, prep_time), prediction) in front.into_iter().zip(predictions) {
+                for ((i, decode, preprocess), prediction) in front.into_iter().zip(predictions) {
                     results[i] = Some(prediction.map(|mut p| {
-                        p.timings.decode = decode_time;
-                        p.timings.preprocess = prep_time;
+                        p.timings.decode = decode;
+                        p.timings.preprocess = preprocess;
                         p
                     }));
                 }
             }
             Err(e) => {
+                // The whole backend call failed: every image of the batch gets the same error.
                 let message = e.to_string();
                 for (i, ..) in front {
                     results[i] = Some(Err(EngineError::Backend(message.clone())));
@@ -269,9 +304,77 @@ impl Engine {
         }
         results
             .into_iter()
-            .zip(paths)
-            .map(|(r, path)| r.expect("every input has a result").map_err(|e| with_path(e, path)))
+            .map(|r| r.unwrap_or_else(|| Err(EngineError::Internal("an input lost its result".into()))))
             .collect()
+    }
+
+    /// Predict a batch of inputs (files, encoded bytes or pixels), their patches batched through
+    /// the backend together. One result per input, in order; errors name the input.
+    pub fn predict_batch(&self, inputs: &[Input<'_>]) -> Vec<Result<Prediction, EngineError>> {
+        let loaded = inputs.iter().map(|input| self.load(input)).collect();
+        self.predict_loaded(loaded)
+            .into_iter()
+            .zip(inputs)
+            .map(|(r, input)| r.map_err(|e| input.name_error(e)))
+            .collect()
+    }
+
+    /// Predict one input: a file, encoded bytes (PNG, JPEG, DICOM) or pixels of any size.
+    pub fn predict(&self, input: Input<'_>) -> Result<Prediction, EngineError> {
+        let mut results = self.predict_batch(std::slice::from_ref(&input));
+        results.pop().unwrap_or_else(|| Err(EngineError::Internal("no result for one input".into())))
+    }
+
+    /// Predict many inputs in batches of `images_per_batch`, with decoding and preprocessing of
+    /// the next batch (in parallel) overlapping the backend's work on the current one, so that
+    /// the cores do not idle in turn. At most two batches are loaded at any time, whatever the
+    /// number of inputs. `on_result(index, result)` is called once per input, in input order
+    /// (errors name their input); when it returns an error, the work stops and that error is
+    /// returned.
+    pub fn predict_pipelined<E>(
+        &self,
+        inputs: &[Input<'_>],
+        images_per_batch: usize,
+        mut on_result: impl FnMut(usize, Result<Prediction, EngineError>) -> Result<(), E>,
+    ) -> Result<(), E> {
+        use rayon::prelude::*;
+        let batches: Vec<&[Input<'_>]> = inputs.chunks(images_per_batch.max(1)).collect();
+        std::thread::scope(|scope| {
+            // Capacity 1: the loader prepares batch k+1 while batch k runs, then waits.
+            let (sender, receiver) = std::sync::mpsc::sync_channel::<Vec<Result<Loaded, EngineError>>>(1);
+            scope.spawn(move || {
+                for batch in &batches {
+                    let loaded = batch.par_iter().map(|input| self.load(input)).collect();
+                    if sender.send(loaded).is_err() {
+                        return; // the consumer stopped early
+                    }
+                }
+            });
+            let mut index = 0;
+            for loaded in receiver {
+                for result in self.predict_loaded(loaded) {
+                    let input = &inputs[index];
+                    on_result(index, result.map_err(|e| input.name_error(e)))?;
+                    index += 1;
+                }
+            }
+            Ok(())
+        })
+    }
+
+    /// Decode, preprocess and predict image files. One result per path, in order; a bad file
+    /// gets an error naming it and does not stop the others.
+    pub fn predict_paths(&self, paths: &[PathBuf]) -> Vec<Result<Prediction, EngineError>> {
+        let inputs: Vec<Input<'_>> = paths.iter().map(|p| Input::Path(p)).collect();
+        self.predict_batch(&inputs)
+    }
+
+    /// The prediction's saliency, upsampled to the model input: `[classes][side][side]`, raw
+    /// patch logits or scaled by the image probability, each patch's value over its square.
+    pub fn saliency(&self, prediction: &Prediction, kind: MapKind) -> Vec<f32> {
+        let m = &self.model;
+        let values = explain::patch_saliency(&prediction.patch_logits, &prediction.logits, kind);
+        explain::coarse_map(&values, m.grid(), m.patch_size(), m.num_classes())
     }
 
     /// The paper's dense map at `shift_steps` S ∈ {1, 2, 4, …, patch}: S² shifted copies of the
@@ -312,12 +415,69 @@ impl Engine {
     }
 }
 
-fn with_path(error: EngineError, path: &Path) -> EngineError {
-    match error {
-        // Decode errors already name the file.
-        EngineError::Decode(_) => error,
-        other => EngineError::Input(format!("{}: {other}", path.display())),
+/// One image to predict.
+#[derive(Debug, Clone, Copy)]
+pub enum Input<'a> {
+    /// A PNG, JPEG or DICOM file.
+    Path(&'a Path),
+    /// An encoded PNG, JPEG or DICOM file in memory; `name` labels it in errors.
+    Bytes { bytes: &'a [u8], name: &'a str },
+    /// Grayscale pixels in [0, 1] of any size: the seed's crop and resize are applied.
+    Image(&'a GrayImage),
+}
+
+impl Input<'_> {
+    /// What errors call this input.
+    pub fn label(&self) -> String {
+        match self {
+            Input::Path(p) => p.display().to_string(),
+            Input::Bytes { name, .. } => name.to_string(),
+            Input::Image(image) => format!("pixel buffer ({}×{})", image.width, image.height),
+        }
     }
+
+    /// Make an error name this input, unless it already does (decode errors name their file).
+    fn name_error(&self, error: EngineError) -> EngineError {
+        let label = self.label();
+        match error {
+            EngineError::Backend(m) if !m.starts_with(&label) => EngineError::Backend(format!("{label}: {m}")),
+            EngineError::Input(m) if !m.starts_with(&label) => EngineError::Input(format!("{label}: {m}")),
+            other => other,
+        }
+    }
+}
+
+/// Pixels handed over directly must be a whole, finite image in [0, 1] within the decoders'
+/// size limits: the same promises a decoded file keeps.
+fn check_pixels(image: &GrayImage) -> Result<(), EngineError> {
+    let (w, h) = (image.width as u64, image.height as u64);
+    if w == 0 || h == 0 {
+        return Err(EngineError::Input(format!("the image has no pixels ({w}×{h})")));
+    }
+    if w > decode::MAX_SIDE as u64 || h > decode::MAX_SIDE as u64 || w * h > decode::MAX_PIXELS {
+        return Err(EngineError::Input(format!(
+            "the image is {w}×{h}, over the limit of {} pixels per side and {} pixels",
+            decode::MAX_SIDE,
+            decode::MAX_PIXELS
+        )));
+    }
+    if image.pixels.len() as u64 != w * h {
+        return Err(EngineError::Input(format!("{} values are not a {w}×{h} image", image.pixels.len())));
+    }
+    if let Some(v) = image.pixels.iter().find(|v| !(0.0..=1.0).contains(*v)) {
+        return Err(EngineError::Input(format!(
+            "pixel value {v} is outside [0, 1] (scale 8-bit data by 1/255, 16-bit by 1/65535)"
+        )));
+    }
+    Ok(())
+}
+
+/// An input decoded and preprocessed: the `image_size²` image the model will see.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    pub image: GrayImage,
+    pub decode: Duration,
+    pub preprocess: Duration,
 }
 
 #[cfg(test)]
@@ -329,5 +489,46 @@ mod tests {
     #[test]
     fn engine_is_send_and_sync() {
         assert_send_sync::<Engine>();
+    }
+
+    fn tract_engine() -> Engine {
+        Engine::builder().provider(ProviderChoice::Only(Provider::Tract)).threads(1).build().unwrap()
+    }
+
+    #[test]
+    fn empty_and_all_failed_batches_are_ordinary() {
+        let engine = tract_engine();
+        assert!(engine.run_patches(&[], 0).unwrap().is_empty());
+        assert!(engine.predict_prepared(&[]).unwrap().is_empty());
+        assert!(engine.predict_paths(&[]).is_empty());
+        let bytes = Input::Bytes { bytes: b"not an image", name: "notes.png" };
+        let results = engine.predict_batch(&[bytes, bytes]);
+        assert_eq!(results.len(), 2);
+        for r in results {
+            let message = r.unwrap_err().to_string();
+            assert!(message.starts_with("notes.png: unrecognised file format"), "{message}");
+        }
+        let err = engine.run_patches(&[0.0; 10], 1).unwrap_err().to_string();
+        assert!(err.contains("not 1 patches"), "{err}");
+    }
+
+    #[test]
+    fn pixel_inputs_are_checked_and_prepared_like_files() {
+        let engine = tract_engine();
+        let bad = GrayImage { width: 4, height: 4, pixels: vec![2.0; 16] };
+        let err = engine.predict(Input::Image(&bad)).unwrap_err().to_string();
+        assert!(err.contains("outside [0, 1]") && err.starts_with("pixel buffer (4×4)"), "{err}");
+        let short = GrayImage { width: 4, height: 4, pixels: vec![0.5; 15] };
+        assert!(engine.predict(Input::Image(&short)).is_err());
+        // Any size: cropped and resized as a decoded file would be.
+        let wide =
+            GrayImage { width: 700, height: 600, pixels: (0..420_000).map(|i| (i % 701) as f32 / 700.0).collect() };
+        let p = engine.predict(Input::Image(&wide)).unwrap();
+        assert_eq!((p.image.width, p.image.height), (512, 512));
+        assert_eq!(p.image, engine.prepare(&wide));
+        let maps = engine.saliency(&p, MapKind::Raw);
+        assert_eq!(maps.len(), 14 * 512 * 512);
+        assert_eq!(maps[0], p.patch_logits[0]);
+        assert_eq!(maps[13 * 512 * 512 + 511 * 512 + 511], p.patch_logits[63 * 14 + 13]);
     }
 }

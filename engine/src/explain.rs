@@ -31,17 +31,34 @@ pub enum MapKind {
     Scaled,
 }
 
+/// The scaled map's weight per class: the image probability, sigmoid(image logit). The one
+/// place the "scaled" rule lives; patch values and full maps both go through it.
+fn scale_factors(image_logits: &[f32]) -> Vec<f32> {
+    image_logits.iter().map(|&z| sigmoid(z)).collect()
+}
+
 /// Raw or scaled patch logits, `[patches][classes]`.
 pub fn patch_saliency(patch_logits: &[f32], image_logits: &[f32], kind: MapKind) -> Vec<f32> {
     match kind {
         MapKind::Raw => patch_logits.to_vec(),
         MapKind::Scaled => {
-            let gates: Vec<f32> = image_logits.iter().map(|&z| sigmoid(z)).collect();
+            let gates = scale_factors(image_logits);
             patch_logits
                 .chunks_exact(gates.len())
                 .flat_map(|patch| patch.iter().zip(&gates).map(|(z, g)| z * g))
                 .collect()
         }
+    }
+}
+
+/// Turn a raw `[classes][side][side]` map (coarse or dense) into the requested kind, in place.
+pub fn apply_map_kind(map: &mut [f32], image_logits: &[f32], kind: MapKind) {
+    if kind == MapKind::Raw || image_logits.is_empty() {
+        return;
+    }
+    let plane = map.len() / image_logits.len();
+    for (values, gate) in map.chunks_exact_mut(plane).zip(scale_factors(image_logits)) {
+        values.iter_mut().for_each(|v| *v *= gate);
     }
 }
 
@@ -170,6 +187,12 @@ mod tests {
         let scaled = patch_saliency(&patch, &image, MapKind::Scaled);
         assert!((scaled[0] - 2.0 * sigmoid(1.0)).abs() < 1e-7);
         assert!((scaled[1] + 4.0 * sigmoid(-2.0)).abs() < 1e-7);
+        // The same rule on an upsampled map (2×2 grid of patches of side 3, 2 classes).
+        let patches = [2.0, -4.0, 1.0, 0.5, -3.0, 2.0, 0.0, 1.0];
+        let image = mean_logits(&patches, 2);
+        let mut map = coarse_map(&patches, 2, 3, 2);
+        apply_map_kind(&mut map, &image, MapKind::Scaled);
+        assert_eq!(map, coarse_map(&patch_saliency(&patches, &image, MapKind::Scaled), 2, 3, 2));
     }
 
     #[test]

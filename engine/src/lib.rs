@@ -13,7 +13,9 @@ pub mod render;
 pub mod tile;
 
 pub use backend::{BackendOptions, Provider, ProviderChoice};
-pub use engine::{DEFAULT_MODEL_BYTES, DenseMap, Engine, EngineBuilder, ModelSource, Prediction, Timings};
+pub use engine::{
+    DEFAULT_MODEL_BYTES, DenseMap, Engine, EngineBuilder, Input, Loaded, ModelSource, Prediction, Timings,
+};
 pub use explain::MapKind;
 pub use model::{Model, ModelOrigin};
 
@@ -30,4 +32,7 @@ pub enum EngineError {
     Decode(#[from] decode::DecodeError),
     #[error("{0}")]
     Input(String),
+    /// A bug in medpatch (an invariant broke); please report it.
+    #[error("internal error: {0}")]
+    Internal(String),
 }

@@ -3,43 +3,68 @@
 
 use crate::decode::GrayImage;
 
-/// The paper's display: `(map − 0.5)` on a red-white-blue scale spanning ±`range` (0.2, i.e.
-/// ±80 logits after normalisation), red = evidence for, blue = against, white = neutral, blended
-/// with alpha 0.5 over the grayscale image. `normalised` is one class's map in [0, 1] (0.5 = 0).
+/// The paper's overlay range in normalised units: ±0.2 around 0.5, i.e. ±80 logits.
+pub const PAPER_OVERLAY_RANGE: f32 = 0.2;
+
+/// The paper's colour scale: `(map − 0.5)` on red-white-blue spanning ±`range` (0.2, i.e. ±80
+/// logits after normalisation), red = evidence for, blue = against, white = neutral. RGB in [0, 1].
+fn diverging_colour(normalised: f32, range: f32) -> [f32; 3] {
+    let t = ((normalised - 0.5) / range).clamp(-1.0, 1.0);
+    if t >= 0.0 { [1.0, 1.0 - t, 1.0 - t] } else { [1.0 + t, 1.0 + t, 1.0] }
+}
+
+/// The paper's figure: the colour scale blended with alpha 0.5 over the grayscale image.
+/// `normalised` is one class's map in [0, 1] (0.5 = logit 0). Returns RGB8, row-major.
 pub fn overlay_rgb(image: &GrayImage, normalised: &[f32], range: f32) -> Vec<u8> {
     debug_assert_eq!(image.pixels.len(), normalised.len());
     let mut rgb = Vec::with_capacity(normalised.len() * 3);
     for (&gray, &v) in image.pixels.iter().zip(normalised) {
-        let t = ((v - 0.5) / range).clamp(-1.0, 1.0);
-        let colour = if t >= 0.0 { [1.0, 1.0 - t, 1.0 - t] } else { [1.0 + t, 1.0 + t, 1.0] };
-        for c in colour {
+        for c in diverging_colour(v, range) {
             rgb.push((255.0 * (0.5 * gray + 0.5 * c)).round().clamp(0.0, 255.0) as u8);
         }
     }
     rgb
 }
 
-fn encode_png(width: u32, height: u32, data: &[u8], colour: image::ExtendedColorType) -> Result<Vec<u8>, String> {
+/// The colour layer alone, RGBA8 with alpha 0.5 (128): drawn over the grayscale image (e.g.
+/// matplotlib `imshow(image, cmap="gray")` then `imshow(layer)`) it gives [`overlay_rgb`].
+pub fn overlay_layer_rgba(normalised: &[f32], range: f32) -> Vec<u8> {
+    let mut rgba = Vec::with_capacity(normalised.len() * 4);
+    for &v in normalised {
+        for c in diverging_colour(v, range) {
+            rgba.push((255.0 * c).round() as u8);
+        }
+        rgba.push(128);
+    }
+    rgba
+}
+
+/// Why a file could not be rendered.
+#[derive(Debug, thiserror::Error)]
+pub enum RenderError {
+    #[error("PNG encoding failed: {0}")]
+    Png(#[from] image::ImageError),
+}
+
+fn encode_png(width: u32, height: u32, data: &[u8], colour: image::ExtendedColorType) -> Result<Vec<u8>, RenderError> {
     use image::ImageEncoder;
     let mut out = Vec::new();
-    image::codecs::png::PngEncoder::new(&mut out)
-        .write_image(data, width, height, colour)
-        .map_err(|e| format!("PNG encoding failed: {e}"))?;
+    image::codecs::png::PngEncoder::new(&mut out).write_image(data, width, height, colour)?;
     Ok(out)
 }
 
-pub fn png_rgb8(width: u32, height: u32, rgb: &[u8]) -> Result<Vec<u8>, String> {
+pub fn png_rgb8(width: u32, height: u32, rgb: &[u8]) -> Result<Vec<u8>, RenderError> {
     encode_png(width, height, rgb, image::ExtendedColorType::Rgb8)
 }
 
 /// A [0, 1] map as a 16-bit grayscale PNG (`round(v · 65535)`, big-endian samples).
-pub fn png_gray16(width: u32, height: u32, values: &[f32]) -> Result<Vec<u8>, String> {
+pub fn png_gray16(width: u32, height: u32, values: &[f32]) -> Result<Vec<u8>, RenderError> {
     let bytes: Vec<u8> =
         values.iter().flat_map(|&v| ((v.clamp(0.0, 1.0) * 65535.0).round() as u16).to_be_bytes()).collect();
     encode_png(width, height, &bytes, image::ExtendedColorType::L16)
 }
 
-pub fn png_gray8(image: &GrayImage) -> Result<Vec<u8>, String> {
+pub fn png_gray8(image: &GrayImage) -> Result<Vec<u8>, RenderError> {
     let bytes: Vec<u8> = image.pixels.iter().map(|&v| (v.clamp(0.0, 1.0) * 255.0).round() as u8).collect();
     encode_png(image.width, image.height, &bytes, image::ExtendedColorType::L8)
 }
@@ -75,6 +100,8 @@ mod tests {
         assert_eq!(&rgb[0..3], &[128, 0, 0]); // full red evidence for, over black
         assert_eq!(&rgb[3..6], &[0, 0, 128]); // full blue evidence against
         assert_eq!(&rgb[6..9], &[255, 255, 255]); // neutral white over white
+        let layer = overlay_layer_rgba(&[0.7, 0.3, 0.5], 0.2);
+        assert_eq!(layer, vec![255, 0, 0, 128, 0, 0, 255, 128, 255, 255, 255, 128]);
     }
 
     #[test]

@@ -6,48 +6,9 @@
 
 use crate::onnx::{Attr, GraphBuilder};
 use crate::weights::{Tensor, Weights};
-use medpatch_models::{ArchConfig, BlockKind};
+pub use medpatch_models::WeightProblems;
+use medpatch_models::{ArchConfig, LayerSpec, Rng};
 use std::collections::BTreeSet;
-
-/// Problems found while matching weights to the architecture.
-#[derive(Debug, Default, PartialEq)]
-pub struct WeightProblems {
-    pub missing: Vec<String>,
-    pub unexpected: Vec<String>,
-    /// (tensor, expected shape, found shape)
-    pub wrong_shape: Vec<(String, Vec<usize>, Vec<usize>)>,
-}
-
-impl WeightProblems {
-    pub fn is_empty(&self) -> bool {
-        self.missing.is_empty() && self.unexpected.is_empty() && self.wrong_shape.is_empty()
-    }
-}
-
-impl std::fmt::Display for WeightProblems {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let list = |f: &mut std::fmt::Formatter<'_>, what: &str, names: &[String]| {
-            if names.is_empty() {
-                return Ok(());
-            }
-            const SHOWN: usize = 12;
-            write!(
-                f,
-                "\n  {} {what}: {}",
-                names.len(),
-                names.iter().take(SHOWN).cloned().collect::<Vec<_>>().join(", ")
-            )?;
-            if names.len() > SHOWN { write!(f, ", …") } else { Ok(()) }
-        };
-        write!(f, "the weights do not fit the architecture")?;
-        list(f, "missing keys", &self.missing)?;
-        list(f, "unexpected keys", &self.unexpected)?;
-        for (name, expected, found) in &self.wrong_shape {
-            write!(f, "\n  wrong shape for {name}: expected {expected:?}, found {found:?}")?;
-        }
-        Ok(())
-    }
-}
 
 /// Hands out tensors by name, recording what was asked for and what did not fit.
 struct WeightReader<'a> {
@@ -181,6 +142,22 @@ pub struct BackboneGraph {
     pub num_classes: usize,
 }
 
+impl Builder<'_> {
+    /// One layer of the architecture's layer list as ONNX nodes.
+    fn layer(&mut self, layer: &LayerSpec, x: &str) -> String {
+        match *layer {
+            LayerSpec::ConvBn { ref module, in_channels, out_channels, kernel, stride, groups, silu } => {
+                let act = if silu { Activation::Silu } else { Activation::None };
+                let dims = [in_channels, out_channels, kernel, stride, groups].map(|v| v as usize);
+                self.conv_bn(module, x, dims[0], dims[1], dims[2], dims[3], dims[4], act)
+            }
+            LayerSpec::SqueezeExcitation { ref module, channels, squeeze } => {
+                self.squeeze_excitation(module, x, channels as usize, squeeze as usize)
+            }
+        }
+    }
+}
+
 /// Build the inference graph `patches [N, in, P, P] → logits [N, C]` from torchvision-named weights.
 pub fn build(arch: &ArchConfig, weights: &Weights, input: &str, output: &str) -> Result<BackboneGraph, WeightProblems> {
     let head = arch.head_channels as usize;
@@ -193,47 +170,18 @@ pub fn build(arch: &ArchConfig, weights: &Weights, input: &str, output: &str) ->
         reader: WeightReader { weights, used: BTreeSet::new(), problems: WeightProblems::default() },
         bn_eps: arch.bn_eps as f64,
     };
-    let (cin, stem) = (arch.in_channels as usize, arch.stem_channels as usize);
-    let mut x = b.conv_bn("features.0", input, cin, stem, 3, 2, 1, Activation::Silu);
+    let mut x = b.layer(&arch.stem(), input);
     for block in arch.blocks() {
-        let (i, e, o, k, s) = (
-            block.in_channels as usize,
-            block.expanded_channels as usize,
-            block.out_channels as usize,
-            block.kernel as usize,
-            block.stride as usize,
-        );
-        let mut part = 0;
-        let next = |p: &mut usize| {
-            let name = format!("{}.block.{}", block.prefix, *p);
-            *p += 1;
-            name
-        };
         let block_input = x.clone();
-        match block.kind {
-            BlockKind::FusedMbconv if block.expands() => {
-                x = b.conv_bn(&next(&mut part), &x, i, e, k, s, 1, Activation::Silu);
-                x = b.conv_bn(&next(&mut part), &x, e, o, 1, 1, 1, Activation::None);
-            }
-            BlockKind::FusedMbconv => {
-                x = b.conv_bn(&next(&mut part), &x, i, o, k, s, 1, Activation::Silu);
-            }
-            BlockKind::Mbconv => {
-                if block.expands() {
-                    x = b.conv_bn(&next(&mut part), &x, i, e, 1, 1, 1, Activation::Silu);
-                }
-                x = b.conv_bn(&next(&mut part), &x, e, e, k, s, e, Activation::Silu);
-                x = b.squeeze_excitation(&next(&mut part), &x, e, block.se_channels as usize);
-                x = b.conv_bn(&next(&mut part), &x, e, o, 1, 1, 1, Activation::None);
-            }
+        for layer in block.layers() {
+            x = b.layer(&layer, &x);
         }
         if block.residual {
             // Stochastic depth is the identity at inference.
             x = b.graph.node("Add", &format!("{}.residual", block.prefix), &[&x, &block_input], vec![]);
         }
     }
-    let head_module = format!("features.{}", arch.head_feature_index());
-    x = b.conv_bn(&head_module, &x, arch.last_stage_channels() as usize, head, 1, 1, 1, Activation::Silu);
+    x = b.layer(&arch.head(), &x);
     let pooled = b.graph.node("GlobalAveragePool", "avgpool", &[&x], vec![]);
     let flat = b.graph.node("Flatten", "flatten", &[&pooled], vec![("axis", Attr::Int(1))]);
     let fc_w = b.reader.take("classifier.1.weight", &[num_classes, head]);
@@ -250,89 +198,45 @@ pub fn build(arch: &ArchConfig, weights: &Weights, input: &str, output: &str) ->
 /// linear: uniform ±1/√out), except that batch-norm parameters and running statistics are drawn at
 /// random too, so that a test model's outputs really depend on its input and folding is exercised.
 pub fn random_weights(arch: &ArchConfig, num_classes: usize, seed: u64) -> Weights {
-    let mut rng = SplitMix64(seed);
+    let mut rng = Rng::new(seed);
     let mut tensors = std::collections::BTreeMap::new();
     let mut put = |name: String, shape: Vec<usize>, data: Vec<f32>| {
         tensors.insert(name, Tensor::new(shape, data));
     };
-    // (module, out channels, in channels per group, kernel) of every Conv2dNormActivation.
-    let mut conv_bns: Vec<(String, usize, usize, usize)> = Vec::new();
-    let mut squeeze_excitations: Vec<(String, usize, usize)> = Vec::new();
-    conv_bns.push(("features.0".into(), arch.stem_channels as usize, arch.in_channels as usize, 3));
-    for block in arch.blocks() {
-        let (i, e, o, k) = (
-            block.in_channels as usize,
-            block.expanded_channels as usize,
-            block.out_channels as usize,
-            block.kernel as usize,
-        );
-        let m = |p: usize| format!("{}.block.{p}", block.prefix);
-        match block.kind {
-            BlockKind::FusedMbconv if block.expands() => {
-                conv_bns.push((m(0), e, i, k));
-                conv_bns.push((m(1), o, e, 1));
+    let kaiming = |rng: &mut Rng, cout: usize, cin: usize, k: usize| -> Vec<f32> {
+        let std = (2.0 / (cout * k * k) as f64).sqrt();
+        (0..cout * cin * k * k).map(|_| (rng.normal() * std) as f32).collect()
+    };
+    let layers = std::iter::once(arch.stem())
+        .chain(arch.blocks().into_iter().flat_map(|b| b.layers()))
+        .chain(std::iter::once(arch.head()));
+    for layer in layers {
+        match layer {
+            LayerSpec::ConvBn { module, in_channels, out_channels, kernel, groups, .. } => {
+                let (cout, cin, k) = (out_channels as usize, (in_channels / groups) as usize, kernel as usize);
+                put(format!("{module}.0.weight"), vec![cout, cin, k, k], kaiming(&mut rng, cout, cin, k));
+                let mut vector =
+                    |f: &dyn Fn(&mut Rng) -> f64| (0..cout).map(|_| f(&mut rng) as f32).collect::<Vec<_>>();
+                let (gamma, beta) = (vector(&|r| 0.5 + r.f64()), vector(&|r| 0.1 * r.normal()));
+                let (mean, var) = (vector(&|r| 0.1 * r.normal()), vector(&|r| 0.5 + r.f64()));
+                put(format!("{module}.1.weight"), vec![cout], gamma);
+                put(format!("{module}.1.bias"), vec![cout], beta);
+                put(format!("{module}.1.running_mean"), vec![cout], mean);
+                put(format!("{module}.1.running_var"), vec![cout], var);
             }
-            BlockKind::FusedMbconv => conv_bns.push((m(0), o, i, k)),
-            BlockKind::Mbconv => {
-                let first = usize::from(block.expands());
-                if block.expands() {
-                    conv_bns.push((m(0), e, i, 1));
-                }
-                conv_bns.push((m(first), e, 1, k));
-                squeeze_excitations.push((m(first + 1), e, block.se_channels as usize));
-                conv_bns.push((m(first + 2), o, e, 1));
+            LayerSpec::SqueezeExcitation { module, channels, squeeze } => {
+                let (c, s) = (channels as usize, squeeze as usize);
+                put(format!("{module}.fc1.weight"), vec![s, c, 1, 1], kaiming(&mut rng, s, c, 1));
+                put(format!("{module}.fc1.bias"), vec![s], vec![0.0; s]);
+                put(format!("{module}.fc2.weight"), vec![c, s, 1, 1], kaiming(&mut rng, c, s, 1));
+                put(format!("{module}.fc2.bias"), vec![c], vec![0.0; c]);
             }
         }
     }
     let head = arch.head_channels as usize;
-    conv_bns.push((format!("features.{}", arch.head_feature_index()), head, arch.last_stage_channels() as usize, 1));
-
-    let kaiming = |rng: &mut SplitMix64, cout: usize, cin: usize, k: usize| -> Vec<f32> {
-        let std = (2.0 / (cout * k * k) as f64).sqrt();
-        (0..cout * cin * k * k).map(|_| (rng.normal() * std) as f32).collect()
-    };
-    for (module, cout, cin, k) in conv_bns {
-        put(format!("{module}.0.weight"), vec![cout, cin, k, k], kaiming(&mut rng, cout, cin, k));
-        let mut vector = |f: &dyn Fn(&mut SplitMix64) -> f64| (0..cout).map(|_| f(&mut rng) as f32).collect::<Vec<_>>();
-        let (gamma, beta) = (vector(&|r| 0.5 + r.uniform()), vector(&|r| 0.1 * r.normal()));
-        let (mean, var) = (vector(&|r| 0.1 * r.normal()), vector(&|r| 0.5 + r.uniform()));
-        put(format!("{module}.1.weight"), vec![cout], gamma);
-        put(format!("{module}.1.bias"), vec![cout], beta);
-        put(format!("{module}.1.running_mean"), vec![cout], mean);
-        put(format!("{module}.1.running_var"), vec![cout], var);
-    }
-    for (module, channels, squeeze) in squeeze_excitations {
-        put(format!("{module}.fc1.weight"), vec![squeeze, channels, 1, 1], kaiming(&mut rng, squeeze, channels, 1));
-        put(format!("{module}.fc1.bias"), vec![squeeze], vec![0.0; squeeze]);
-        put(format!("{module}.fc2.weight"), vec![channels, squeeze, 1, 1], kaiming(&mut rng, channels, squeeze, 1));
-        put(format!("{module}.fc2.bias"), vec![channels], vec![0.0; channels]);
-    }
     let range = 1.0 / (num_classes as f64).sqrt();
-    let fc = (0..num_classes * head).map(|_| ((rng.uniform() * 2.0 - 1.0) * range) as f32).collect();
+    let fc = (0..num_classes * head).map(|_| ((rng.f64() * 2.0 - 1.0) * range) as f32).collect();
     put("classifier.1.weight".into(), vec![num_classes, head], fc);
     put("classifier.1.bias".into(), vec![num_classes], vec![0.0; num_classes]);
     Weights { tensors, source_sha256: String::new() }
-}
-
-/// SplitMix64: tiny, fast and reproducible across platforms; plenty for test weights.
-struct SplitMix64(u64);
-
-impl SplitMix64 {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    /// Uniform in [0, 1).
-    fn uniform(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
-    }
-    /// Standard normal (Box–Muller).
-    fn normal(&mut self) -> f64 {
-        let u1 = 1.0 - self.uniform();
-        let u2 = self.uniform();
-        (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
-    }
 }

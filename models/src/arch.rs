@@ -163,6 +163,33 @@ impl ArchConfig {
         self.stages.len() + 1
     }
 
+    /// The stem, `features.0`: 3×3 conv, stride 2, input channels → stem channels, SiLU.
+    pub fn stem(&self) -> LayerSpec {
+        LayerSpec::ConvBn {
+            module: "features.0".into(),
+            in_channels: self.in_channels,
+            out_channels: self.stem_channels,
+            kernel: 3,
+            stride: 2,
+            groups: 1,
+            silu: true,
+        }
+    }
+
+    /// The head conv, `features.{stages + 1}`: 1×1, last stage channels → head channels, SiLU.
+    /// (Then global average pooling, dropout and `classifier.1`, Linear(head → classes).)
+    pub fn head(&self) -> LayerSpec {
+        LayerSpec::ConvBn {
+            module: format!("features.{}", self.head_feature_index()),
+            in_channels: self.last_stage_channels(),
+            out_channels: self.head_channels,
+            kernel: 1,
+            stride: 1,
+            groups: 1,
+            silu: true,
+        }
+    }
+
     /// Every block, in order, as torchvision's `EfficientNet.__init__` builds them.
     pub fn blocks(&self) -> Vec<BlockSpec> {
         let total: u32 = self.stages.iter().map(|s| s.layers).sum();
@@ -191,10 +218,72 @@ impl ArchConfig {
     }
 }
 
+/// One layer of the network with its torchvision module name: what the exporter turns into ONNX
+/// nodes, the trainer into tch modules, and the random initialiser into tensors. The layer list
+/// below is the ONLY place the EfficientNetV2 block layout is written down.
+#[derive(Debug, Clone, PartialEq)]
+pub enum LayerSpec {
+    /// torchvision `Conv2dNormActivation` at `module`: conv without bias (`{module}.0`, weight
+    /// `[out, in / groups, k, k]`, padding `(k − 1) / 2`), batch norm (`{module}.1`), SiLU if `silu`.
+    ConvBn { module: String, in_channels: u32, out_channels: u32, kernel: u32, stride: u32, groups: u32, silu: bool },
+    /// torchvision `SqueezeExcitation` at `module`: global average pool, `fc1` (1×1 conv with bias,
+    /// channels → squeeze), SiLU, `fc2` (squeeze → channels), sigmoid, scale the input.
+    SqueezeExcitation { module: String, channels: u32, squeeze: u32 },
+}
+
 impl BlockSpec {
     /// Whether the block has its own expansion conv (torchvision skips it at expand_ratio 1).
     pub fn expands(&self) -> bool {
         self.expanded_channels != self.in_channels
+    }
+
+    /// The block's layers in order, named `{prefix}.block.{i}` as in torchvision:
+    /// FusedMBConv: k×k conv (+ SiLU), then a 1×1 projection if it expands;
+    /// MBConv: 1×1 expansion (if any), depthwise k×k, squeeze-excitation, 1×1 projection.
+    /// The residual connection (when [`BlockSpec::residual`]) wraps them all.
+    pub fn layers(&self) -> Vec<LayerSpec> {
+        let (i, e, o, k, s) = (self.in_channels, self.expanded_channels, self.out_channels, self.kernel, self.stride);
+        let conv = |in_channels, out_channels, kernel, stride, groups, silu| LayerSpec::ConvBn {
+            module: String::new(),
+            in_channels,
+            out_channels,
+            kernel,
+            stride,
+            groups,
+            silu,
+        };
+        let mut layers = match self.kind {
+            BlockKind::FusedMbconv if self.expands() => vec![conv(i, e, k, s, 1, true), conv(e, o, 1, 1, 1, false)],
+            BlockKind::FusedMbconv => vec![conv(i, o, k, s, 1, true)],
+            BlockKind::Mbconv => {
+                let mut layers = Vec::with_capacity(4);
+                if self.expands() {
+                    layers.push(conv(i, e, 1, 1, 1, true));
+                }
+                layers.push(conv(e, e, k, s, e, true));
+                layers.push(LayerSpec::SqueezeExcitation {
+                    module: String::new(),
+                    channels: e,
+                    squeeze: self.se_channels,
+                });
+                layers.push(conv(e, o, 1, 1, 1, false));
+                layers
+            }
+        };
+        for (n, layer) in layers.iter_mut().enumerate() {
+            let (LayerSpec::ConvBn { module, .. } | LayerSpec::SqueezeExcitation { module, .. }) = layer;
+            *module = format!("{}.block.{n}", self.prefix);
+        }
+        layers
+    }
+}
+
+impl LayerSpec {
+    /// The torchvision module name, e.g. `features.4.0.block.2`.
+    pub fn module(&self) -> &str {
+        match self {
+            LayerSpec::ConvBn { module, .. } | LayerSpec::SqueezeExcitation { module, .. } => module,
+        }
     }
 }
 
@@ -214,6 +303,40 @@ mod tests {
         // features.4.0: first MBConv, 64 -> 256 expanded, SE 16, stride 2, no residual.
         let b = blocks.iter().find(|b| b.prefix == "features.4.0").unwrap();
         assert_eq!((b.expanded_channels, b.se_channels, b.stride, b.residual), (256, 16, 2, false));
+        assert_eq!(
+            b.layers()
+                .iter()
+                .map(|l| match l {
+                    LayerSpec::ConvBn { module, groups, .. } => format!("{module}/g{groups}"),
+                    LayerSpec::SqueezeExcitation { module, squeeze, .. } => format!("{module}/se{squeeze}"),
+                })
+                .collect::<Vec<_>>(),
+            [
+                "features.4.0.block.0/g1",
+                "features.4.0.block.1/g256",
+                "features.4.0.block.2/se16",
+                "features.4.0.block.3/g1"
+            ]
+        );
+        assert_eq!(blocks[0].layers().len(), 1, "FusedMBConv without expansion: one conv");
+        assert_eq!(blocks[1].layers().len(), 1);
+        let fused = blocks.iter().find(|b| b.prefix == "features.2.0").unwrap();
+        assert!(matches!(
+            &fused.layers()[..],
+            [LayerSpec::ConvBn { stride: 2, silu: true, .. }, LayerSpec::ConvBn { kernel: 1, silu: false, .. }]
+        ));
+        assert_eq!(
+            s.head(),
+            LayerSpec::ConvBn {
+                module: "features.7".into(),
+                in_channels: 256,
+                out_channels: 1280,
+                kernel: 1,
+                stride: 1,
+                groups: 1,
+                silu: true
+            }
+        );
         let b = blocks.iter().find(|b| b.prefix == "features.6.14").unwrap();
         assert_eq!((b.in_channels, b.expanded_channels, b.se_channels), (256, 1536, 64));
         assert!((b.stochastic_depth - 0.2 * 39.0 / 40.0).abs() < 1e-7);

@@ -5,7 +5,11 @@
 pub mod arch;
 pub mod contract;
 pub mod io;
+pub mod rng;
+pub mod weights;
 
-pub use arch::{ArchConfig, ArchError, BlockKind, BlockSpec, StageConfig};
+pub use arch::{ArchConfig, ArchError, BlockKind, BlockSpec, LayerSpec, StageConfig};
 pub use contract::{CHEXPERT_CLASSES, ContractError, InputConvention, ModelMetadata};
 pub use io::write_atomically;
+pub use rng::Rng;
+pub use weights::WeightProblems;

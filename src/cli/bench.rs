@@ -47,10 +47,10 @@ struct Row {
 
 pub fn run(args: BenchArgs) -> Result<ExitCode> {
     let images = if args.images.is_empty() {
-        // The X-ray bundled with the source tree.
-        let bundled = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("assets/00001369_000.png");
+        // The X-ray bundled with the source tree, when run from it.
+        let bundled = PathBuf::from("assets/00001369_000.png");
         if !bundled.exists() {
-            bail!("no X-ray to time: pass --image FILE");
+            bail!("no X-ray to time: pass --image FILE (or run from the medpatch source tree)");
         }
         vec![bundled]
     } else {
@@ -71,7 +71,7 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
             ProviderChoice::Auto => bail!("--providers takes explicit providers, not auto"),
         };
         let mut engine_args = args.engine.clone();
-        engine_args.provider = provider.name().to_string();
+        engine_args.provider = ProviderChoice::Only(provider);
         engine_args.threads = threads;
         let engine = match engine_args.build() {
             Ok(e) => e,
@@ -210,13 +210,20 @@ fn peak_rss_mb() -> Option<f64> {
 }
 
 fn torch_reference(args: &BenchArgs, weights: &std::path::Path, threads: usize, image: &GrayImage) -> Result<Row> {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let python = args.python.clone().unwrap_or_else(|| root.join(".venv/bin/python"));
+    // The reference script lives in the source tree: run from there (as scripts/test.sh does).
+    let script = PathBuf::from("tests/python/bench_torch.py");
+    if !script.exists() {
+        bail!("{} not found: run `medpatch bench --torch-weights` from the medpatch source tree", script.display());
+    }
+    let python = args.python.clone().unwrap_or_else(|| PathBuf::from(".venv/bin/python"));
     let dir = tempfile::tempdir()?;
     let npy = dir.path().join("image.npy");
-    std::fs::write(&npy, medpatch_engine::render::npy_f32(&[512, 512], &image.pixels))?;
+    std::fs::write(
+        &npy,
+        medpatch_engine::render::npy_f32(&[image.height as usize, image.width as usize], &image.pixels),
+    )?;
     let out = std::process::Command::new(&python)
-        .arg(root.join("tests/python/bench_torch.py"))
+        .arg(&script)
         .args([
             "--weights",
             &weights.display().to_string(),

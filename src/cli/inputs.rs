@@ -11,7 +11,20 @@ pub fn collect(inputs: &[PathBuf]) -> (Vec<PathBuf>, Vec<(PathBuf, String)>) {
     let mut problems = Vec::new();
     for input in inputs {
         match std::fs::metadata(input) {
-            Ok(m) if m.is_dir() => walk(input, &mut files, &mut problems),
+            Ok(m) if m.is_dir() => {
+                let before = files.len();
+                walk(input, &mut files, &mut problems);
+                if files.len() == before {
+                    // Surely not what the user meant: say so rather than succeed on nothing.
+                    problems.push((
+                        input.clone(),
+                        format!(
+                            "no images in this folder (looked for .{} files, recursively)",
+                            IMAGE_EXTENSIONS.join(", .")
+                        ),
+                    ));
+                }
+            }
             Ok(_) => files.push(input.clone()),
             Err(e) => problems.push((input.clone(), format!("cannot read: {e}"))),
         }

@@ -7,6 +7,7 @@ use anyhow::Result;
 use clap::Args;
 use medpatch_engine::{BackendOptions, Engine, ModelSource, ProviderChoice};
 use std::path::PathBuf;
+use std::str::FromStr;
 
 pub mod exit {
     use std::process::ExitCode;
@@ -26,9 +27,10 @@ pub struct EngineArgs {
     /// An ONNX model written by `medpatch export` (default: the embedded demo model).
     #[arg(long, value_name = "FILE.onnx")]
     pub model: Option<PathBuf>,
-    /// auto tries tensorrt → cuda → cpu (ONNX Runtime) → tract and reports what it skipped.
-    #[arg(long, default_value = "auto", value_parser = ["auto", "tensorrt", "cuda", "cpu", "tract"])]
-    pub provider: String,
+    /// auto, tensorrt, cuda, cpu (ONNX Runtime's CPU provider) or tract. auto tries them in
+    /// that order and reports what it skipped.
+    #[arg(long, default_value = "auto", value_parser = ProviderChoice::from_str)]
+    pub provider: ProviderChoice,
     /// Intra-op threads (0: all cores).
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
@@ -48,7 +50,7 @@ pub struct EngineArgs {
 
 impl EngineArgs {
     pub fn build(&self) -> Result<Engine> {
-        let provider: ProviderChoice = self.provider.parse().map_err(anyhow::Error::msg)?;
+        let provider = self.provider;
         let model = self.model.clone().map_or(ModelSource::Default, ModelSource::Path);
         Ok(Engine::builder()
             .model(model)

@@ -3,7 +3,7 @@
 use super::{EngineArgs, exit, inputs};
 use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
-use medpatch_engine::{Engine, MapKind, ModelOrigin, Prediction, explain, render};
+use medpatch_engine::{Engine, Input, MapKind, ModelOrigin, Prediction, explain, render};
 use serde_json::{Map, Value, json};
 use std::collections::HashSet;
 use std::io::Write;
@@ -111,50 +111,52 @@ pub fn run(args: PredictArgs) -> Result<ExitCode> {
     }
     let progress = progress_bar(files.len(), args.quiet);
     let mut used_names = HashSet::new();
-    for batch in files.chunks(args.images_per_batch.max(1)) {
-        for (path, result) in batch.iter().zip(engine.predict_paths(batch)) {
-            let outcome = result.map_err(|e| e.to_string()).and_then(|prediction| {
-                let mut record = record(&engine, path, &prediction);
-                if let Some(dir) = &args.out {
-                    let stem = unique_stem(path, &mut used_names);
-                    let written = write_outputs(
-                        &engine,
-                        dir,
-                        &stem,
-                        &record,
-                        &prediction,
-                        map_kind,
-                        chosen_classes.as_deref(),
-                        args.shift_steps,
-                    )
-                    .map_err(|e| format!("cannot write outputs: {e:#}"))?;
-                    record["outputs"] = written;
-                }
-                Ok(record)
-            });
-            match outcome {
-                Ok(record) => match args.format {
-                    Format::Jsonl => writeln!(out, "{record}")?,
-                    Format::Csv => {
-                        let probs = &record["probabilities"];
-                        let row: Vec<String> = std::iter::once(csv_field(&path.display().to_string()))
-                            .chain(classes.iter().map(|c| format!("{:.6}", probs[c].as_f64().unwrap_or(f64::NAN))))
-                            .collect();
-                        writeln!(out, "{}", row.join(","))?
-                    }
-                },
-                Err(problem) => {
-                    progress.suspend(|| eprintln!("medpatch: error: {problem}"));
-                    if let Format::Jsonl = args.format {
-                        writeln!(out, "{}", json!({ "input": path.display().to_string(), "error": problem }))?;
-                    }
-                    failures.push((path.clone(), problem));
-                }
+    let inputs: Vec<Input<'_>> = files.iter().map(|p| Input::Path(p)).collect();
+    // The next batch is decoded while the backend runs this one; results come in input order.
+    engine.predict_pipelined(&inputs, args.images_per_batch, |i, result| -> Result<()> {
+        let path = &files[i];
+        let outcome = result.map_err(|e| e.to_string()).and_then(|prediction| {
+            let mut record = record(&engine, path, &prediction);
+            if let Some(dir) = &args.out {
+                let stem = unique_stem(path, &mut used_names);
+                let written = write_outputs(
+                    &engine,
+                    dir,
+                    &stem,
+                    &record,
+                    &prediction,
+                    map_kind,
+                    chosen_classes.as_deref(),
+                    args.shift_steps,
+                )
+                .map_err(|e| format!("cannot write outputs: {e:#}"))?;
+                record["outputs"] = written;
             }
-            progress.inc(1);
+            Ok(record)
+        });
+        match outcome {
+            Ok(record) => match args.format {
+                Format::Jsonl => writeln!(out, "{record}")?,
+                Format::Csv => {
+                    let probs = &record["probabilities"];
+                    let row: Vec<String> = std::iter::once(csv_field(&path.display().to_string()))
+                        .chain(classes.iter().map(|c| format!("{:.6}", probs[c].as_f64().unwrap_or(f64::NAN))))
+                        .collect();
+                    writeln!(out, "{}", row.join(","))?
+                }
+            },
+            Err(problem) => {
+                progress.suspend(|| eprintln!("medpatch: error: {problem}"));
+                if let Format::Jsonl = args.format {
+                    writeln!(out, "{}", json!({ "input": path.display().to_string(), "error": problem }))?;
+                }
+                failures.push((path.clone(), problem));
+            }
         }
-        out.flush()?;
-    }
+        progress.inc(1);
+        Ok(())
+    })?;
+    out.flush()?;
     progress.finish_and_clear();
     if failures.is_empty() {
         Ok(ExitCode::SUCCESS)
@@ -244,7 +246,7 @@ fn write_outputs(
 ) -> Result<Value> {
     let model = engine.model();
     let classes = &model.metadata.classes;
-    let (grid, patch, side, c) = (model.grid(), model.patch_size(), model.image_size(), classes.len());
+    let (grid, side, c) = (model.grid(), model.image_size(), classes.len());
     let mut written = Map::new();
     let mut put = |key: &str, name: String, bytes: &[u8]| -> Result<()> {
         let path = dir.join(&name);
@@ -253,21 +255,16 @@ fn write_outputs(
         Ok(())
     };
     put("patch_logits", format!("{stem}.patch_logits.npy"), &render::npy_f32(&[grid, grid, c], &p.patch_logits))?;
-    put("input", format!("{stem}.input.png"), &render::png_gray8(&p.image).map_err(anyhow::Error::msg)?)?;
+    put("input", format!("{stem}.input.png"), &render::png_gray8(&p.image)?)?;
     let map = match shift_steps {
         Some(s) => {
             let dense = engine.dense_map(&p.image, s)?;
             put("dense_map", format!("{stem}.dense_{s}.npy"), &render::npy_f32(&[c, side, side], &dense.values))?;
             let mut values = dense.values;
-            if kind == MapKind::Scaled {
-                for (plane, &z) in values.chunks_exact_mut(side * side).zip(&p.logits) {
-                    let g = explain::sigmoid(z);
-                    plane.iter_mut().for_each(|v| *v *= g);
-                }
-            }
+            explain::apply_map_kind(&mut values, &p.logits, kind);
             values
         }
-        None => explain::coarse_map(&explain::patch_saliency(&p.patch_logits, &p.logits, kind), grid, patch, c),
+        None => engine.saliency(p, kind),
     };
     let chosen: Vec<usize> = match chosen {
         Some(list) => list.to_vec(),
@@ -276,16 +273,16 @@ fn write_outputs(
     for i in chosen {
         let normalised = explain::normalise(&map[i * side * side..(i + 1) * side * side]);
         let name = file_safe(&classes[i]);
-        let overlay = render::overlay_rgb(&p.image, &normalised, 0.2);
+        let overlay = render::overlay_rgb(&p.image, &normalised, render::PAPER_OVERLAY_RANGE);
         put(
             &format!("overlay:{}", classes[i]),
             format!("{stem}.{name}.png"),
-            &render::png_rgb8(side as u32, side as u32, &overlay).map_err(anyhow::Error::msg)?,
+            &render::png_rgb8(side as u32, side as u32, &overlay)?,
         )?;
         put(
             &format!("map:{}", classes[i]),
             format!("{stem}.{name}.map.png"),
-            &render::png_gray16(side as u32, side as u32, &normalised).map_err(anyhow::Error::msg)?,
+            &render::png_gray16(side as u32, side as u32, &normalised)?,
         )?;
     }
     let mut record = record.clone();

@@ -17,11 +17,11 @@
 //! * **Worker threads** ([`Loader`]): batches are assembled on background threads, in a
 //!   deterministic order and with deterministic augmentation (seeded per sample and epoch).
 
-use crate::rng::Rng;
 use anyhow::{Context, Result, bail};
 use medpatch_engine::decode::{self, GrayImage};
 use medpatch_engine::preprocess;
 use medpatch_models::CHEXPERT_CLASSES;
+use medpatch_models::Rng;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 

@@ -12,7 +12,6 @@ pub mod metrics;
 pub mod model;
 pub mod optim;
 pub mod rle;
-pub mod rng;
 pub mod schedule;
 pub mod synth;
 pub mod trainer;

@@ -1,5 +1,6 @@
 //! MedicalPatchNet in libtorch (tch): torchvision's EfficientNetV2 with the seed's 1-channel stem
-//! and N-class head, built from [`ArchConfig::blocks`] — the same block list the ONNX exporter
+//! and N-class head, built from the architecture's layer list ([`ArchConfig::stem`],
+//! [`medpatch_models::BlockSpec::layers`], [`ArchConfig::head`]) — the same list the ONNX exporter
 //! builds from — and with torchvision's module names, so that
 //!
 //! * a torchvision `efficientnet_v2_s` state dict (or the published MedicalPatchNet checkpoint,
@@ -7,23 +8,12 @@
 //! * what we save (`features.0.0.weight`, `features.4.0.block.2.fc1.weight`, `classifier.1.bias`,
 //!   …) is read by `medpatch export` unchanged.
 //!
-//! Module layout, as torchvision's `efficientnet.py`:
-//!
-//! ```text
-//! features.0                      Conv2dNormActivation: conv 3×3 s2 (in → stem) + BN + SiLU
-//! features.{s}.{i}.block.*        FusedMBConv: [.0 conv k×k + BN + SiLU] (+ [.1 conv 1×1 + BN] if expanding)
-//!                                 MBConv:      [.0 conv 1×1 + BN + SiLU if expanding], depthwise k×k + BN + SiLU,
-//!                                              SqueezeExcitation (fc1, SiLU, fc2, sigmoid), conv 1×1 + BN
-//! features.{n+1}                  conv 1×1 (last → head) + BN + SiLU
-//! avgpool, flatten, classifier.0  Dropout(p), classifier.1 Linear(head → classes)
-//! ```
-//!
 //! Residual blocks add their input back after stochastic depth (torchvision's "row" mode: one
 //! Bernoulli(1 − p) draw per sample, scaled by 1/(1 − p), training only). Batch norm: eps from the
 //! config (1e-3), momentum 0.1 in torch's convention (running = 0.9·running + 0.1·batch).
 
 use medpatch_exporter::weights::Weights;
-use medpatch_models::{ArchConfig, BlockKind};
+use medpatch_models::{ArchConfig, LayerSpec, WeightProblems};
 use std::collections::{BTreeMap, BTreeSet};
 use tch::nn::{self, Init, ModuleT};
 use tch::{Kind, Tensor};
@@ -111,6 +101,33 @@ enum Layer {
     Se(SqueezeExcitation),
 }
 
+impl Layer {
+    /// The tch module for one entry of the architecture's layer list, under its torchvision name
+    /// (`features.4.0.block.1` → `vs / "features" / "4" / "0" / "block" / "1"`).
+    fn new(vs: &nn::Path, spec: &LayerSpec, arch: &ArchConfig) -> Self {
+        let module = spec.module().split('.').fold(vs.clone(), |path, part| path / part);
+        match *spec {
+            LayerSpec::ConvBn { in_channels, out_channels, kernel, stride, groups, silu, .. } => {
+                let [i, o, k, s, g] = [in_channels, out_channels, kernel, stride, groups].map(i64::from);
+                Layer::ConvBn(ConvBn::new(module, i, o, k, s, g, silu, arch))
+            }
+            LayerSpec::SqueezeExcitation { channels, squeeze, .. } => {
+                Layer::Se(SqueezeExcitation::new(module, channels as i64, squeeze as i64))
+            }
+        }
+    }
+}
+
+impl ConvBn {
+    /// The stem or head conv of the layer list.
+    fn from_spec(vs: &nn::Path, spec: &LayerSpec, arch: &ArchConfig) -> Self {
+        match Layer::new(vs, spec, arch) {
+            Layer::ConvBn(conv) => conv,
+            Layer::Se(_) => unreachable!("the stem and the head are convolutions"),
+        }
+    }
+}
+
 /// One `features.{stage}.{index}` block (FusedMBConv or MBConv): its `block.*` layers in order.
 #[derive(Debug)]
 struct Block {
@@ -173,9 +190,8 @@ impl Backbone {
     /// stem conv and `classifier.1` — which keep PyTorch's default `Conv2d`/`Linear` init
     /// (uniform ±1/√fan_in, bias too for the linear).
     pub fn new(vs: &nn::Path, arch: &ArchConfig, num_classes: i64) -> Self {
-        let features = vs / "features";
-        let (cin, stem_ch) = (arch.in_channels as i64, arch.stem_channels as i64);
-        let mut stem = ConvBn::new(&features / "0", cin, stem_ch, 3, 2, 1, true, arch);
+        let cin = arch.in_channels as i64;
+        let mut stem = ConvBn::from_spec(vs, &arch.stem(), arch);
         // The seed's `nn.Conv2d(1, 24, 3, 2, 1, bias=False)`: kaiming_uniform(a=√5) = U(±1/√fan_in).
         tch::no_grad(|| {
             let bound = 1.0 / ((cin * 9) as f64).sqrt();
@@ -184,51 +200,11 @@ impl Backbone {
 
         let mut blocks = Vec::new();
         for spec in arch.blocks() {
-            let (i, e, o, k, s) = (
-                spec.in_channels as i64,
-                spec.expanded_channels as i64,
-                spec.out_channels as i64,
-                spec.kernel as i64,
-                spec.stride as i64,
-            );
-            // `features.4.0` → vs / "features" / "4" / "0"
-            let module = spec.prefix.split('.').fold(vs.clone(), |path, part| path / part);
-            let block = &module / "block";
-            let mut index = 0;
-            let mut next = || {
-                let p = &block / index;
-                index += 1;
-                p
-            };
-            let mut layers = Vec::new();
-            match spec.kind {
-                BlockKind::FusedMbconv if spec.expands() => {
-                    layers.push(Layer::ConvBn(ConvBn::new(next(), i, e, k, s, 1, true, arch)));
-                    layers.push(Layer::ConvBn(ConvBn::new(next(), e, o, 1, 1, 1, false, arch)));
-                }
-                BlockKind::FusedMbconv => layers.push(Layer::ConvBn(ConvBn::new(next(), i, o, k, s, 1, true, arch))),
-                BlockKind::Mbconv => {
-                    if spec.expands() {
-                        layers.push(Layer::ConvBn(ConvBn::new(next(), i, e, 1, 1, 1, true, arch)));
-                    }
-                    layers.push(Layer::ConvBn(ConvBn::new(next(), e, e, k, s, e, true, arch)));
-                    layers.push(Layer::Se(SqueezeExcitation::new(next(), e, spec.se_channels as i64)));
-                    layers.push(Layer::ConvBn(ConvBn::new(next(), e, o, 1, 1, 1, false, arch)));
-                }
-            }
+            let layers = spec.layers().iter().map(|layer| Layer::new(vs, layer, arch)).collect();
             blocks.push(Block { layers, residual: spec.residual, stochastic_depth: spec.stochastic_depth as f64 });
         }
         let head_ch = arch.head_channels as i64;
-        let head = ConvBn::new(
-            &features / arch.head_feature_index(),
-            arch.last_stage_channels() as i64,
-            head_ch,
-            1,
-            1,
-            1,
-            true,
-            arch,
-        );
+        let head = ConvBn::from_spec(vs, &arch.head(), arch);
         // The seed's `nn.Linear(1280, 14)`: weight and bias U(±1/√in).
         let bound = 1.0 / (head_ch as f64).sqrt();
         let classifier = nn::linear(
@@ -301,18 +277,10 @@ impl ModuleT for MedicalPatchNet {
 #[derive(Debug, Default)]
 pub struct LoadReport {
     pub loaded: usize,
-    /// Tensors of the file that the model has no place for (num_batches_tracked is never listed).
-    pub unexpected: Vec<String>,
-    /// Model variables the file lacks (they keep their initialisation).
-    pub missing: Vec<String>,
-    /// (name, model shape, file shape): kept at their initialisation.
-    pub wrong_shape: Vec<(String, Vec<i64>, Vec<i64>)>,
-}
-
-impl LoadReport {
-    pub fn is_exact(&self) -> bool {
-        self.unexpected.is_empty() && self.missing.is_empty() && self.wrong_shape.is_empty()
-    }
+    /// Model variables the file lacks (they keep their initialisation), tensors the model has no
+    /// place for (num_batches_tracked is never listed), and wrong shapes (kept at their
+    /// initialisation).
+    pub problems: WeightProblems,
 }
 
 /// Copy named tensors (torchvision names, prefixes already stripped by the reader) into the
@@ -329,13 +297,14 @@ pub fn load_weights(vs: &nn::VarStore, weights: &Weights) -> LoadReport {
                 continue;
             }
             let Some(var) = vars.get(name) else {
-                report.unexpected.push(name.clone());
+                report.problems.unexpected.push(name.clone());
                 continue;
             };
             seen.insert(name.clone());
             let shape: Vec<i64> = tensor.shape.iter().map(|&d| d as i64).collect();
             if var.size() != shape {
-                report.wrong_shape.push((name.clone(), var.size(), shape));
+                let as_usize = |dims: &[i64]| dims.iter().map(|&d| d as usize).collect();
+                report.problems.wrong_shape.push((name.clone(), as_usize(&var.size()), as_usize(&shape)));
                 continue;
             }
             let src = Tensor::from_slice(&tensor.data).reshape(&shape).to_device(var.device()).to_kind(var.kind());
@@ -345,6 +314,6 @@ pub fn load_weights(vs: &nn::VarStore, weights: &Weights) -> LoadReport {
         }
     });
     let all: BTreeMap<_, _> = vars.into_iter().collect();
-    report.missing = all.keys().filter(|k| !seen.contains(*k)).cloned().collect();
+    report.problems.missing = all.keys().filter(|k| !seen.contains(*k)).cloned().collect();
     report
 }

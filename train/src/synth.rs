@@ -32,8 +32,8 @@
 //! variability, prevalence, label noise. Written in the real formats (see [`write_benchmark`]).
 
 use crate::rle::{self, Mask};
-use crate::rng::Rng;
 use medpatch_models::CHEXPERT_CLASSES;
+use medpatch_models::Rng;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -19,9 +19,9 @@ use crate::data::{Dataset, Loader, LoaderOptions};
 use crate::metrics;
 use crate::model::{self, Backbone, MedicalPatchNet};
 use crate::optim::{AdamW, GradScaler};
-use crate::rng::Rng;
 use crate::schedule::OneCycle;
 use anyhow::{Context, Result, bail};
+use medpatch_models::Rng;
 use medpatch_models::{ArchConfig, CHEXPERT_CLASSES};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -173,14 +173,8 @@ fn write_atomic_safetensors(named: &[(String, Tensor)], path: &Path) -> Result<(
 pub fn load_exact(vs: &nn::VarStore, path: &Path) -> Result<()> {
     let weights = medpatch_exporter::weights::load(path).with_context(|| format!("cannot read {}", path.display()))?;
     let report = model::load_weights(vs, &weights);
-    if !report.is_exact() {
-        bail!(
-            "{} does not fit the architecture: missing {:?}, unexpected {:?}, wrong shapes {:?}",
-            path.display(),
-            report.missing.iter().take(8).collect::<Vec<_>>(),
-            report.unexpected.iter().take(8).collect::<Vec<_>>(),
-            report.wrong_shape.iter().take(8).collect::<Vec<_>>()
-        );
+    if !report.problems.is_empty() {
+        bail!("{}: {}", path.display(), report.problems);
     }
     Ok(())
 }
@@ -192,19 +186,12 @@ pub fn load_imagenet(vs: &nn::VarStore, path: &Path) -> Result<String> {
     let weights = medpatch_exporter::weights::load(path).with_context(|| format!("cannot read {}", path.display()))?;
     let report = model::load_weights(vs, &weights);
     let replaced = ["features.0.0.weight", "classifier.1.weight", "classifier.1.bias"];
-    let bad_shapes: Vec<_> = report.wrong_shape.iter().filter(|(n, _, _)| !replaced.contains(&n.as_str())).collect();
-    let missing: Vec<_> = report.missing.iter().filter(|n| !replaced.contains(&n.as_str())).collect();
-    if !bad_shapes.is_empty() || !missing.is_empty() || !report.unexpected.is_empty() {
-        bail!(
-            "{} is not a torchvision state dict of this architecture: missing {:?}, unexpected {:?}, wrong shapes {:?}",
-            path.display(),
-            missing.iter().take(8).collect::<Vec<_>>(),
-            report.unexpected.iter().take(8).collect::<Vec<_>>(),
-            bad_shapes.iter().take(8).collect::<Vec<_>>()
-        );
+    let problems = report.problems.except(&replaced);
+    if !problems.is_empty() {
+        bail!("{} is not a torchvision state dict of this architecture: {problems}", path.display());
     }
     let kept: Vec<&str> =
-        replaced.iter().copied().filter(|n| report.wrong_shape.iter().any(|(w, _, _)| w == n)).collect();
+        replaced.iter().copied().filter(|n| report.problems.wrong_shape.iter().any(|(w, ..)| w == n)).collect();
     Ok(format!(
         "loaded {} tensors from {}; freshly initialised (replaced as the seed does): {kept:?}",
         report.loaded,

@@ -4,8 +4,8 @@
 //! the checkpoint's export.
 
 use medpatch_models::CHEXPERT_CLASSES;
+use medpatch_models::Rng;
 use medpatch_train::data::{self, Dataset, Loader, LoaderOptions};
-use medpatch_train::rng::Rng;
 use medpatch_train::synth::{self, SynthConfig};
 use medpatch_train::trainer::{self, CheckpointMeta, TrainOptions};
 use std::path::{Path, PathBuf};

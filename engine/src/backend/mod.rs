@@ -26,6 +26,20 @@ pub enum Provider {
 }
 
 impl Provider {
+    /// Every provider, in the order `auto` tries them (fastest first). The one list: parsing,
+    /// the CLI's help and `auto` all derive from it.
+    pub const ALL: [Provider; 4] = [Provider::TensorRt, Provider::Cuda, Provider::Cpu, Provider::Tract];
+
+    /// Names accepted for this provider: its name first, then aliases.
+    pub fn names(self) -> &'static [&'static str] {
+        match self {
+            Provider::TensorRt => &["tensorrt", "trt"],
+            Provider::Cuda => &["cuda"],
+            Provider::Cpu => &["cpu", "ort"],
+            Provider::Tract => &["tract"],
+        }
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Provider::TensorRt => "tensorrt",
@@ -61,14 +75,21 @@ pub enum ProviderChoice {
 impl std::str::FromStr for ProviderChoice {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        Ok(match s {
-            "auto" => ProviderChoice::Auto,
-            "tensorrt" | "trt" => ProviderChoice::Only(Provider::TensorRt),
-            "cuda" => ProviderChoice::Only(Provider::Cuda),
-            "cpu" | "ort" => ProviderChoice::Only(Provider::Cpu),
-            "tract" => ProviderChoice::Only(Provider::Tract),
-            other => return Err(format!("unknown provider '{other}': use auto, tensorrt, cuda, cpu or tract")),
-        })
+        if s == "auto" {
+            return Ok(ProviderChoice::Auto);
+        }
+        Provider::ALL
+            .into_iter()
+            .find(|p| p.names().contains(&s))
+            .map(ProviderChoice::Only)
+            .ok_or_else(|| format!("unknown provider '{s}': use {}", ProviderChoice::names().join(", ")))
+    }
+}
+
+impl ProviderChoice {
+    /// The choices a user can write: `auto` and each provider's name, in `auto`'s order.
+    pub fn names() -> Vec<&'static str> {
+        std::iter::once("auto").chain(Provider::ALL.iter().map(|p| p.name())).collect()
     }
 }
 
@@ -97,17 +118,12 @@ pub struct Selection {
 }
 
 pub fn select(model: &Model, choice: ProviderChoice, options: &BackendOptions) -> Result<Selection, EngineError> {
-    let order: &[Provider] = match choice {
-        ProviderChoice::Auto => &[Provider::TensorRt, Provider::Cuda, Provider::Cpu, Provider::Tract],
-        ProviderChoice::Only(p) => match p {
-            Provider::TensorRt => &[Provider::TensorRt],
-            Provider::Cuda => &[Provider::Cuda],
-            Provider::Cpu => &[Provider::Cpu],
-            Provider::Tract => &[Provider::Tract],
-        },
+    let order = match choice {
+        ProviderChoice::Auto => Provider::ALL.to_vec(),
+        ProviderChoice::Only(p) => vec![p],
     };
     let mut skipped = Vec::new();
-    for &provider in order {
+    for provider in order {
         let attempt = match provider {
             Provider::Tract => tract::TractBackend::new(model, options).map(|b| Box::new(b) as Box<dyn Backend>),
             ort_provider => {

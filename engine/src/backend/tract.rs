@@ -3,7 +3,6 @@ use crate::EngineError;
 use crate::model::Model;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use tract_linalg::multithread::{Executor, multithread_tract_scope};
 use tract_onnx::prelude::*;
 
 type Plan = Arc<TypedSimplePlan>;
@@ -11,12 +10,18 @@ type Plan = Arc<TypedSimplePlan>;
 /// tract optimises far better with every dimension known (measured: EfficientNetV2-S with a
 /// symbolic batch ran ~7× slower), so a plan is made per batch size actually used (usually one
 /// or two per run: the full batch and the last, shorter one).
+///
+/// tract runs a graph's nodes one after the other, and its own multithreaded matrix products
+/// barely use a second core (see the README's speed figures), so threads are used data-parallel
+/// instead: each batch
+/// is split into one contiguous part per thread, and every part runs the same (immutable, shared)
+/// plan single-threaded on its own thread.
 pub struct TractBackend {
     model: InferenceModel,
     plans: Mutex<HashMap<usize, Plan>>,
     patch_shape: [usize; 3],
     classes: usize,
-    executor: Executor,
+    threads: usize,
 }
 
 impl TractBackend {
@@ -29,14 +34,12 @@ impl TractBackend {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
             n => n,
         };
-        // tract's matrix products run single-threaded unless given an executor.
-        let executor = if threads > 1 { Executor::multithread(threads) } else { Executor::SingleThread };
         let backend = Self {
             model: onnx,
             plans: Mutex::new(HashMap::new()),
             patch_shape: [model.channels, p, p],
             classes: model.num_classes(),
-            executor,
+            threads,
         };
         // Fail now, not at the first image, if tract cannot run this graph.
         backend.plan(1)?;
@@ -44,7 +47,10 @@ impl TractBackend {
     }
 
     fn plan(&self, n: usize) -> Result<Plan, String> {
-        if let Some(plan) = self.plans.lock().unwrap_or_else(|p| p.into_inner()).get(&n) {
+        // Held while optimising: parallel parts usually ask for the same batch size at once, and
+        // optimising it twice would only waste seconds of CPU.
+        let mut plans = self.plans.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(plan) = plans.get(&n) {
             return Ok(plan.clone());
         }
         let [c, h, w] = self.patch_shape;
@@ -55,7 +61,7 @@ impl TractBackend {
             .and_then(|m| m.into_optimized())
             .and_then(|m| m.into_runnable())
             .map_err(|e| format!("tract cannot optimise the model for batch {n}: {e:#}"))?;
-        self.plans.lock().unwrap_or_else(|p| p.into_inner()).insert(n, plan.clone());
+        plans.insert(n, plan.clone());
         Ok(plan)
     }
 }
@@ -66,13 +72,42 @@ impl Backend for TractBackend {
     }
 
     fn run(&self, patches: &[f32], n: usize) -> Result<Vec<f32>, EngineError> {
+        let parts = self.threads.min(n).max(1);
+        if parts == 1 {
+            return self.run_part(patches, n);
+        }
+        let per_patch: usize = self.patch_shape.iter().product();
+        let part_len = n.div_ceil(parts) * per_patch;
+        let outputs: Vec<Result<Vec<f32>, EngineError>> = std::thread::scope(|scope| {
+            let workers: Vec<_> = patches
+                .chunks(part_len)
+                .map(|part| scope.spawn(move || self.run_part(part, part.len() / per_patch)))
+                .collect();
+            workers
+                .into_iter()
+                .map(|w| {
+                    w.join().unwrap_or_else(|_| Err(EngineError::Backend("a tract worker thread panicked".into())))
+                })
+                .collect()
+        });
+        let mut logits = Vec::with_capacity(n * self.classes);
+        for part in outputs {
+            logits.extend(part?);
+        }
+        Ok(logits)
+    }
+}
+
+impl TractBackend {
+    /// Run `n` patches through the plan for batch `n`, on the calling thread.
+    fn run_part(&self, patches: &[f32], n: usize) -> Result<Vec<f32>, EngineError> {
         let [c, h, w] = self.patch_shape;
         let plan = self.plan(n).map_err(EngineError::Backend)?;
         let input = tract_ndarray::Array4::from_shape_vec((n, c, h, w), patches.to_vec())
             .map_err(|e| EngineError::Backend(format!("tract input: {e}")))?;
-        let outputs =
-            multithread_tract_scope(self.executor.clone(), || plan.run(tvec!(Tensor::from(input).into_tvalue())))
-                .map_err(|e| EngineError::Backend(format!("tract: {e:#}")))?;
+        let outputs = plan
+            .run(tvec!(Tensor::from(input).into_tvalue()))
+            .map_err(|e| EngineError::Backend(format!("tract: {e:#}")))?;
         let logits = outputs[0]
             .to_plain_array_view::<f32>()
             .map_err(|e| EngineError::Backend(format!("tract output: {e:#}")))?;

@@ -1,5 +1,6 @@
 //! A small, fast, reproducible random number generator (SplitMix64 seeding xoshiro256++), the same
-//! on every platform, so that synthetic data and augmentations depend only on their seeds.
+//! on every platform, so that random test weights, synthetic data and augmentations depend only on
+//! their seeds. The one RNG of the workspace (the exporter and the trainer both use it).
 
 #[derive(Debug, Clone)]
 pub struct Rng {

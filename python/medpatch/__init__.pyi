@@ -1,0 +1,108 @@
+"""Type stubs for medpatch (the Rust extension medpatch._medpatch re-exported)."""
+
+import os
+from typing import Iterable, Literal, Sequence
+
+import numpy as np
+import numpy.typing as npt
+
+__version__: str
+
+ImageInput = str | os.PathLike[str] | bytes | bytearray | npt.NDArray[np.float32] | npt.NDArray[np.float64] | npt.NDArray[np.uint8] | npt.NDArray[np.uint16]
+MapKind = Literal["raw", "scaled"]
+
+class Error(Exception):
+    """Base class of medpatch's own errors."""
+
+class DecodeError(Error):
+    """An image could not be decoded (corrupt, truncated, unsupported format or variant)."""
+
+class ModelError(Error):
+    """The model could not be read or breaks the medpatch contract."""
+
+class ProviderUnavailableError(Error):
+    """The requested execution provider cannot run here (library missing, no GPU, ...)."""
+
+class BackendError(Error):
+    """The backend failed while running the model (or produced non-finite outputs)."""
+
+class Result:
+    """One image's prediction. Its arrays are read-only and owned by the result."""
+
+    @property
+    def probabilities(self) -> npt.NDArray[np.float32]:
+        """sigmoid(logits), shape (classes,), model class order."""
+    @property
+    def logits(self) -> npt.NDArray[np.float32]:
+        """Image logits (the mean of the patch logits), shape (classes,)."""
+    @property
+    def patch_logits(self) -> npt.NDArray[np.float32]:
+        """The explanation: patch logits, shape (grid, grid, classes), patch rows then columns."""
+    @property
+    def image(self) -> npt.NDArray[np.float32]:
+        """What the model saw: the preprocessed image, shape (size, size), values in [0, 1]."""
+    @property
+    def classes(self) -> list[str]: ...
+    @property
+    def provider(self) -> str: ...
+    @property
+    def timings(self) -> dict[str, float]:
+        """Milliseconds per stage: decode, preprocess, tile, backend, aggregate."""
+    def as_dict(self) -> dict[str, float]:
+        """{class name: probability}."""
+
+class Engine:
+    """A MedicalPatchNet model on an execution provider. Thread-safe: share one between threads."""
+
+    def __init__(
+        self,
+        model: str | os.PathLike[str] | bytes | None = None,
+        *,
+        provider: Literal["auto", "tensorrt", "cuda", "cpu", "tract"] = "auto",
+        threads: int = 0,
+        batch_size: int | None = None,
+        ort_library: str | os.PathLike[str] | None = None,
+    ) -> None:
+        """model: None (embedded demo model, NOT diagnostic), an ONNX file from `medpatch export`,
+        or its bytes. provider "auto" tries TensorRT, CUDA, ONNX Runtime CPU, then tract.
+        threads: intra-op threads (0 = all cores). batch_size: patches per backend call.
+        ort_library: libonnxruntime.so (default: ORT_DYLIB_PATH, then this environment's wheel)."""
+    def predict(self, image: ImageInput) -> Result:
+        """Predict one X-ray. Raises FileNotFoundError, DecodeError, ValueError, TypeError, ..."""
+    def predict_many(self, images: Iterable[ImageInput], *, images_per_batch: int = 4) -> list[Result | BaseException]:
+        """Predict in batches; one Result or exception object (not raised) per input, in order."""
+    def saliency(self, result: Result, kind: MapKind = "raw") -> npt.NDArray[np.float32]:
+        """(classes, size, size) map: each patch's raw or scaled logit over its square."""
+    def dense_map(self, result: Result, shift_steps: int = 8, kind: MapKind = "raw") -> npt.NDArray[np.float32]:
+        """The paper's dense shift-averaged map, (classes, size, size), shift_steps² forward passes."""
+    def overlay(
+        self, result: Result, cls: str | int, kind: MapKind = "raw", shift_steps: int | None = None
+    ) -> npt.NDArray[np.uint8]:
+        """(size, size, 4) RGBA colour layer (alpha 128) in the paper's colours; draw over result.image."""
+    @property
+    def classes(self) -> list[str]: ...
+    @property
+    def provider(self) -> str: ...
+    @property
+    def skipped(self) -> list[tuple[str, str]]: ...
+    @property
+    def image_size(self) -> int: ...
+    @property
+    def patch_size(self) -> int: ...
+    @property
+    def grid(self) -> int: ...
+    @property
+    def is_default_model(self) -> bool: ...
+    @property
+    def model(self) -> str: ...
+
+def export(
+    weights: str | os.PathLike[str],
+    output: str | os.PathLike[str],
+    *,
+    arch: str = "efficientnet_v2_s",
+    patch_size: int = 64,
+    image_size: int = 512,
+    classes: Sequence[str] | None = None,
+) -> dict[str, object]:
+    """Write trained weights to a self-describing ONNX file, exactly as `medpatch export` does."""
