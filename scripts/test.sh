@@ -8,6 +8,8 @@ scripts/setup.sh
 
 ORT_DYLIB_PATH=$(ls "$PWD"/.venv/lib/python3*/site-packages/onnxruntime/capi/libonnxruntime.so.* | head -n1)
 export ORT_DYLIB_PATH
+OPENVINO_LIB_PATH=$(ls -d "$PWD"/.venv/lib/python3*/site-packages/openvino/libs | head -n1)
+export OPENVINO_LIB_PATH
 export MEDPATCH_PYTHON="$PWD/.venv/bin/python"
 export MEDPATCH_BIN="$PWD/target/debug/medpatch"
 # pyo3 (the Python package's crate) finds its interpreter here when clippy checks it.

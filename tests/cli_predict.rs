@@ -11,7 +11,11 @@ fn medpatch(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_medpatch"))
         .args(args)
         .current_dir(repo_root())
-        .env_remove("ORT_DYLIB_PATH") // the quick start needs no ONNX Runtime: tract runs
+        // The quick start needs neither ONNX Runtime nor OpenVINO: tract runs.
+        .env_remove("ORT_DYLIB_PATH")
+        .env_remove("OPENVINO_LIB_PATH")
+        .env_remove("VIRTUAL_ENV")
+        .env_remove("CONDA_PREFIX")
         .output()
         .unwrap()
 }
@@ -29,6 +33,7 @@ fn quick_start_runs_on_the_bundled_xray_with_the_embedded_model() {
         stderr.contains("provider cpu skipped: ONNX Runtime library not found"),
         "auto must say why it fell back:\n{stderr}"
     );
+    assert!(stderr.contains("provider openvino skipped: OpenVINO library not found"), "{stderr}");
     assert!(stderr.contains("NOT a diagnostic model"), "{stderr}");
     let records = jsonl(&out);
     assert_eq!(records.len(), 1);

@@ -1,7 +1,7 @@
 //! [`Engine`]: a model, a backend and the pipeline around them. `Send + Sync`: build one and
 //! share it between threads; patches of several images go through the backend in one call.
 
-use crate::backend::{self, Backend, BackendOptions, Provider, ProviderChoice};
+use crate::backend::{self, Backend, BackendOptions, Precision, PrecisionCheck, Provider, ProviderChoice};
 use crate::decode::{self, GrayImage};
 use crate::explain::{self, DenseAccumulator, MapKind};
 use crate::model::{Model, ModelOrigin};
@@ -69,6 +69,12 @@ impl EngineBuilder {
         self.options = options;
         self
     }
+    /// Arithmetic precision (default f32). bf16 and fp16 are faster where the hardware has them
+    /// and are self-checked against f32 when the engine is built.
+    pub fn precision(mut self, precision: Precision) -> Self {
+        self.options.precision = precision;
+        self
+    }
 
     pub fn build(self) -> Result<Engine, EngineError> {
         let model = match self.model {
@@ -77,7 +83,13 @@ impl EngineBuilder {
             ModelSource::Loaded(m) => m,
         };
         let selection = backend::select(&model, self.provider, &self.options)?;
-        Ok(Engine { model, backend: selection.backend, skipped: selection.skipped, batch_size: self.batch_size })
+        Ok(Engine {
+            model,
+            backend: selection.backend,
+            skipped: selection.skipped,
+            precision_check: selection.precision_check,
+            batch_size: self.batch_size,
+        })
     }
 }
 
@@ -137,6 +149,7 @@ pub struct Engine {
     model: Model,
     backend: Box<dyn Backend>,
     skipped: Vec<(Provider, String)>,
+    precision_check: Option<PrecisionCheck>,
     batch_size: usize,
 }
 
@@ -151,6 +164,14 @@ impl Engine {
     /// The backend that really runs.
     pub fn provider(&self) -> Provider {
         self.backend.provider()
+    }
+    /// The precision the backend computes in.
+    pub fn precision(&self) -> Precision {
+        self.backend.precision()
+    }
+    /// What the reduced-precision self-check measured when the engine was built (None at f32).
+    pub fn precision_check(&self) -> Option<&PrecisionCheck> {
+        self.precision_check.as_ref()
     }
     /// Providers `auto` tried first, and why each was not used.
     pub fn skipped_providers(&self) -> &[(Provider, String)] {

@@ -1,6 +1,6 @@
 //! MedicalPatchNet inference, stage by stage:
 //! [`decode`] (PNG, JPEG, DICOM) → [`preprocess`] (the seed's centre crop and antialiased resize)
-//! → [`tile`] (8×8 patches of 64×64) → [`backend`] (ONNX Runtime or tract) → [`explain`]
+//! → [`tile`] (8×8 patches of 64×64) → [`backend`] (ONNX Runtime, OpenVINO or tract) → [`explain`]
 //! (mean of patch logits, saliency maps). [`Engine`] strings them together.
 
 pub mod backend;
@@ -12,7 +12,7 @@ pub mod preprocess;
 pub mod render;
 pub mod tile;
 
-pub use backend::{BackendOptions, Provider, ProviderChoice};
+pub use backend::{BackendOptions, Precision, PrecisionCheck, Provider, ProviderChoice};
 pub use engine::{
     DEFAULT_MODEL_BYTES, DenseMap, Engine, EngineBuilder, Input, Loaded, ModelSource, Prediction, Timings,
 };

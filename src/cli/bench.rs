@@ -6,7 +6,7 @@ use super::EngineArgs;
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use medpatch_engine::decode::{self, GrayImage};
-use medpatch_engine::{Engine, Provider, ProviderChoice, Timings};
+use medpatch_engine::{Engine, Precision, Provider, ProviderChoice, Timings};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -30,8 +30,10 @@ pub struct BenchArgs {
     /// Python with torch/torchvision (default: .venv/bin/python).
     #[arg(long, value_name = "PATH")]
     python: Option<PathBuf>,
-    /// Backends to compare, in order (tensorrt, cuda, cpu, tract).
-    #[arg(long, value_delimiter = ',', default_value = "cpu,tract")]
+    /// Backends to compare, in order: tensorrt, cuda, cpu, openvino, tract, each optionally with
+    /// `:PRECISION` (e.g. openvino:bf16, tensorrt:fp16; default --precision). Unavailable ones are
+    /// reported and left out.
+    #[arg(long, value_delimiter = ',', default_value = "cpu,openvino,openvino:bf16,tract")]
     providers: Vec<String>,
     /// Dense map shift steps to time (0: skip).
     #[arg(long, default_value_t = 8)]
@@ -65,21 +67,29 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
     let mut split: Option<(Provider, Timings, usize)> = None;
     let mut prepared: Option<GrayImage> = None;
     let mut fastest: Option<(Duration, Engine)> = None;
-    for name in &args.providers {
+    for entry in &args.providers {
+        let (name, precision) = match entry.split_once(':') {
+            Some((name, precision)) => (name, precision.parse::<Precision>().map_err(anyhow::Error::msg)?),
+            None => (entry.as_str(), args.engine.precision),
+        };
         let provider = match name.parse::<ProviderChoice>().map_err(anyhow::Error::msg)? {
             ProviderChoice::Only(p) => p,
             ProviderChoice::Auto => bail!("--providers takes explicit providers, not auto"),
         };
         let mut engine_args = args.engine.clone();
         engine_args.provider = ProviderChoice::Only(provider);
+        engine_args.precision = precision;
         engine_args.threads = threads;
         let engine = match engine_args.build() {
             Ok(e) => e,
             Err(e) => {
-                eprintln!("bench: {provider} unavailable: {e:#}");
+                eprintln!("bench: {provider} at {precision} unavailable: {e:#}");
                 continue;
             }
         };
+        if let Some(check) = engine.precision_check() {
+            eprintln!("bench: {provider}: {check}");
+        }
         let image = match &prepared {
             Some(p) => p.clone(),
             None => {
@@ -100,7 +110,12 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
         }
         times.sort();
         let (median, min) = (times[times.len() / 2], times[0]);
-        rows.push(Row { name: format!("{provider}: {}", provider.describe()), median, min, peak_rss_mb: None });
+        rows.push(Row {
+            name: format!("{provider}: {}, {precision}", provider.describe()),
+            median,
+            min,
+            peak_rss_mb: None,
+        });
         if split.is_none() {
             // Whole pipeline on real files: where the time goes outside the backend.
             let mut total = Timings::default();
@@ -142,13 +157,13 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
         model.patch_size(),
         args.repeats
     );
-    println!("{:<48} {:>12} {:>12} {:>10} {:>14}", "backend", "median ms", "min ms", "images/s", "vs PyTorch");
+    println!("{:<52} {:>12} {:>12} {:>10} {:>14}", "backend", "median ms", "min ms", "images/s", "vs PyTorch");
     let torch_median = rows.iter().find(|r| r.name.starts_with("pytorch")).map(|r| r.median);
     for row in &rows {
         let ratio =
             torch_median.map_or("".to_string(), |t| format!("{:.2}×", t.as_secs_f64() / row.median.as_secs_f64()));
         println!(
-            "{:<48} {:>12.1} {:>12.1} {:>10.2} {:>14}{}",
+            "{:<52} {:>12.1} {:>12.1} {:>10.2} {:>14}{}",
             row.name,
             ms(row.median),
             ms(row.min),
@@ -160,6 +175,12 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
     let find = |p: &str| rows.iter().find(|r| r.name.starts_with(p)).map(|r| r.median.as_secs_f64());
     if let (Some(ort), Some(tract)) = (find("cpu"), find("tract")) {
         println!("tract / ONNX Runtime CPU time: {:.2}×", tract / ort);
+    }
+    if let (Some(ort), Some(ov)) = (find("cpu"), find("openvino: OpenVINO CPU, f32")) {
+        println!("OpenVINO f32 / ONNX Runtime CPU time: {:.2}×", ov / ort);
+    }
+    if let (Some(f32), Some(bf16)) = (find("openvino: OpenVINO CPU, f32"), find("openvino: OpenVINO CPU, bf16")) {
+        println!("OpenVINO bf16 / f32 time: {:.2}×", bf16 / f32);
     }
     if let Some((provider, t, n)) = split {
         let per = |d: Duration| ms(d) / n as f64;

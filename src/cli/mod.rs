@@ -5,7 +5,7 @@ pub mod predict;
 
 use anyhow::Result;
 use clap::Args;
-use medpatch_engine::{BackendOptions, Engine, ModelSource, ProviderChoice};
+use medpatch_engine::{BackendOptions, Engine, ModelSource, Precision, ProviderChoice};
 use std::path::PathBuf;
 use std::str::FromStr;
 
@@ -27,10 +27,14 @@ pub struct EngineArgs {
     /// An ONNX model written by `medpatch export` (default: the embedded demo model).
     #[arg(long, value_name = "FILE.onnx")]
     pub model: Option<PathBuf>,
-    /// auto, tensorrt, cuda, cpu (ONNX Runtime's CPU provider) or tract. auto tries them in
-    /// that order and reports what it skipped.
+    /// auto, tensorrt, cuda, cpu (ONNX Runtime's CPU provider), openvino or tract. auto tries
+    /// them in that order, skipping those that cannot run --precision, and reports what it skipped.
     #[arg(long, default_value = "auto", value_parser = ProviderChoice::from_str)]
     pub provider: ProviderChoice,
+    /// f32 (exact, every provider), bf16 (OpenVINO on CPUs with AVX512-BF16 or AMX) or fp16
+    /// (TensorRT). bf16 and fp16 are checked against f32 when the engine starts.
+    #[arg(long, default_value = "f32", value_parser = Precision::from_str)]
+    pub precision: Precision,
     /// Intra-op threads (0: all cores).
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
@@ -40,9 +44,10 @@ pub struct EngineArgs {
     /// ONNX Runtime library (libonnxruntime.so); default: $ORT_DYLIB_PATH, then beside medpatch.
     #[arg(long, value_name = "PATH")]
     pub ort_lib: Option<PathBuf>,
-    /// TensorRT: build fp16 engines.
-    #[arg(long)]
-    pub trt_fp16: bool,
+    /// OpenVINO C library (libopenvino_c.so*, or its folder); default: $OPENVINO_LIB_PATH, then
+    /// beside medpatch, then the active Python environment's `openvino` package.
+    #[arg(long, value_name = "PATH")]
+    pub openvino_lib: Option<PathBuf>,
     /// TensorRT: cache built engines here (the first build takes minutes).
     #[arg(long, value_name = "DIR")]
     pub trt_cache: Option<PathBuf>,
@@ -58,9 +63,11 @@ impl EngineArgs {
             .batch_size(self.batch_size)
             .backend_options(BackendOptions {
                 threads: self.threads,
+                precision: self.precision,
                 ort_library: self.ort_lib.clone(),
-                tensorrt_fp16: self.trt_fp16,
+                openvino_library: self.openvino_lib.clone(),
                 tensorrt_cache: self.trt_cache.clone(),
+                ..Default::default()
             })
             .build()?)
     }

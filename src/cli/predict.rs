@@ -172,7 +172,15 @@ pub fn report_engine(engine: &Engine) {
     for (provider, reason) in engine.skipped_providers() {
         eprintln!("medpatch: provider {provider} skipped: {reason}");
     }
-    eprintln!("medpatch: provider: {}, {}", engine.provider(), engine.provider().describe());
+    eprintln!(
+        "medpatch: provider: {}, {}, precision {}",
+        engine.provider(),
+        engine.provider().describe(),
+        engine.precision()
+    );
+    if let Some(check) = engine.precision_check() {
+        eprintln!("medpatch: {check}");
+    }
     if model.origin == ModelOrigin::Embedded {
         // Say what the embedded model really is, from its own metadata.
         let what = if model.metadata.source.starts_with("random initialisation") {
@@ -199,6 +207,7 @@ fn record(engine: &Engine, path: &Path, p: &Prediction) -> Value {
         "input": path.display().to_string(),
         "model": engine.model().origin.to_string(),
         "provider": p.provider,
+        "precision": engine.precision(),
         "probabilities": per_class(&p.probabilities),
         "logits": per_class(&p.logits),
         "timings_ms": p.timings,

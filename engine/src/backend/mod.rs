@@ -1,10 +1,15 @@
-//! Where patches become logits: ONNX Runtime (TensorRT, CUDA or CPU execution provider) or tract.
+//! Where patches become logits: ONNX Runtime (TensorRT, CUDA or CPU execution provider),
+//! OpenVINO (CPU) or tract.
 //!
-//! [`select`] resolves a [`ProviderChoice`] into a running [`Backend`]. `auto` tries TensorRT →
-//! CUDA → ONNX Runtime CPU → tract and keeps the first that really initialises on this model; it
-//! never falls back silently: every provider it skipped is returned with the reason.
+//! [`select`] resolves a [`ProviderChoice`] and a [`Precision`] into a running [`Backend`]. `auto`
+//! tries TensorRT → CUDA → ONNX Runtime CPU → OpenVINO → tract and keeps the first that runs the
+//! requested precision and really initialises on this model; it never falls back silently: every
+//! provider it skipped is returned with the reason. A backend at reduced precision (bf16, fp16)
+//! must first pass a self-check against f32 (see [`precision`]).
 
 mod onnxruntime;
+mod openvino;
+pub mod precision;
 mod tract;
 
 use crate::EngineError;
@@ -12,7 +17,9 @@ use crate::model::Model;
 use serde::Serialize;
 use std::path::PathBuf;
 
+pub use self::openvino::{OPENVINO_LIBRARY_ENV, default_openvino_library, loaded_openvino_library};
 pub use onnxruntime::{OrtLibrary, default_ort_library};
+pub use precision::{Bound, Precision, PrecisionCheck, REDUCED_PRECISION_BOUND};
 
 /// A backend that actually ran.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -22,13 +29,29 @@ pub enum Provider {
     Cuda,
     /// ONNX Runtime's CPU execution provider.
     Cpu,
+    /// OpenVINO's CPU plugin (f32, or bf16 on CPUs that have it).
+    #[serde(rename = "openvino")]
+    OpenVino,
     Tract,
 }
 
 impl Provider {
-    /// Every provider, in the order `auto` tries them (fastest first). The one list: parsing,
-    /// the CLI's help and `auto` all derive from it.
-    pub const ALL: [Provider; 4] = [Provider::TensorRt, Provider::Cuda, Provider::Cpu, Provider::Tract];
+    /// Every provider, in the order `auto` tries them (fastest first at f32). The one list:
+    /// parsing, the CLI's help and `auto` all derive from it. OpenVINO comes after ONNX Runtime's
+    /// CPU provider: at f32 it was slower on the machines measured (see the README), and at bf16
+    /// the providers before it are skipped anyway.
+    pub const ALL: [Provider; 5] =
+        [Provider::TensorRt, Provider::Cuda, Provider::Cpu, Provider::OpenVino, Provider::Tract];
+
+    /// The precisions this provider can be asked for (the hardware may still refuse: OpenVINO
+    /// runs bf16 only where the CPU reports BF16).
+    pub fn precisions(self) -> &'static [Precision] {
+        match self {
+            Provider::TensorRt => &[Precision::F32, Precision::Fp16],
+            Provider::OpenVino => &[Precision::F32, Precision::Bf16],
+            Provider::Cuda | Provider::Cpu | Provider::Tract => &[Precision::F32],
+        }
+    }
 
     /// Names accepted for this provider: its name first, then aliases.
     pub fn names(self) -> &'static [&'static str] {
@@ -36,6 +59,7 @@ impl Provider {
             Provider::TensorRt => &["tensorrt", "trt"],
             Provider::Cuda => &["cuda"],
             Provider::Cpu => &["cpu", "ort"],
+            Provider::OpenVino => &["openvino", "ov"],
             Provider::Tract => &["tract"],
         }
     }
@@ -45,6 +69,7 @@ impl Provider {
             Provider::TensorRt => "tensorrt",
             Provider::Cuda => "cuda",
             Provider::Cpu => "cpu",
+            Provider::OpenVino => "openvino",
             Provider::Tract => "tract",
         }
     }
@@ -53,6 +78,7 @@ impl Provider {
             Provider::TensorRt => "ONNX Runtime TensorRT execution provider",
             Provider::Cuda => "ONNX Runtime CUDA execution provider",
             Provider::Cpu => "ONNX Runtime CPU execution provider",
+            Provider::OpenVino => "OpenVINO CPU",
             Provider::Tract => "tract (pure Rust)",
         }
     }
@@ -97,17 +123,36 @@ impl ProviderChoice {
 pub struct BackendOptions {
     /// Intra-op threads (0: the runtime's default, all cores).
     pub threads: usize,
+    /// Arithmetic precision, for every provider (default f32). `auto` skips providers that
+    /// cannot run it; a reduced precision must pass a self-check against f32 first.
+    pub precision: Precision,
     /// ONNX Runtime shared library; default: `ORT_DYLIB_PATH`, then beside the executable.
     pub ort_library: Option<PathBuf>,
-    /// TensorRT: build fp16 engines.
-    pub tensorrt_fp16: bool,
+    /// OpenVINO C library (`libopenvino_c.so*`, or its folder); default: see
+    /// [`default_openvino_library`].
+    pub openvino_library: Option<PathBuf>,
     /// TensorRT: where built engines are cached (building one takes minutes).
     pub tensorrt_cache: Option<PathBuf>,
+    /// Deprecated: TensorRT at fp16 whatever `precision` says (the C API's
+    /// `medpatch_options_set_tensorrt_fp16` still sets it). Use `precision: Precision::Fp16`.
+    #[doc(hidden)]
+    pub tensorrt_fp16: bool,
+}
+
+impl BackendOptions {
+    /// The precision `provider` would run at with these options.
+    pub fn precision_for(&self, provider: Provider) -> Precision {
+        if provider == Provider::TensorRt && self.tensorrt_fp16 { Precision::Fp16 } else { self.precision }
+    }
 }
 
 /// Runs the patch backbone: `patches` is `[n, C, P, P]` row-major, the result `[n, classes]`.
 pub trait Backend: Send + Sync {
     fn provider(&self) -> Provider;
+    /// The precision it computes in.
+    fn precision(&self) -> Precision {
+        Precision::F32
+    }
     fn run(&self, patches: &[f32], n: usize) -> Result<Vec<f32>, EngineError>;
 }
 
@@ -115,6 +160,58 @@ pub trait Backend: Send + Sync {
 pub struct Selection {
     pub backend: Box<dyn Backend>,
     pub skipped: Vec<(Provider, String)>,
+    /// The self-check a reduced-precision backend passed (None at f32).
+    pub precision_check: Option<PrecisionCheck>,
+}
+
+fn build(
+    model: &Model,
+    provider: Provider,
+    precision: Precision,
+    options: &BackendOptions,
+) -> Result<Box<dyn Backend>, String> {
+    match provider {
+        Provider::Tract => tract::TractBackend::new(model, options).map(|b| Box::new(b) as Box<dyn Backend>),
+        Provider::OpenVino => {
+            self::openvino::OpenVinoBackend::new(model, precision, options).map(|b| Box::new(b) as Box<dyn Backend>)
+        }
+        ort_provider => onnxruntime::OrtBackend::new(model, ort_provider, precision, options)
+            .map(|b| Box::new(b) as Box<dyn Backend>),
+    }
+}
+
+/// Start `provider` at `precision`; a reduced precision must then pass the self-check against an
+/// f32 run: OpenVINO's own f32 (same kernels but for the precision), for TensorRT ONNX Runtime's
+/// CPU provider (a second TensorRT engine would take minutes to build), else tract.
+fn start(
+    model: &Model,
+    provider: Provider,
+    options: &BackendOptions,
+) -> Result<(Box<dyn Backend>, Option<PrecisionCheck>), String> {
+    let precision = options.precision_for(provider);
+    if !provider.precisions().contains(&precision) {
+        let runs: Vec<&str> = provider.precisions().iter().map(|p| p.name()).collect();
+        let who: Vec<&str> =
+            Provider::ALL.iter().filter(|p| p.precisions().contains(&precision)).map(|p| p.describe()).collect();
+        return Err(format!(
+            "{} runs {} only, not {precision}; {precision} needs {}",
+            provider.describe(),
+            runs.join(" or "),
+            who.join(" or ")
+        ));
+    }
+    let backend = build(model, provider, precision, options)?;
+    if precision == Precision::F32 {
+        return Ok((backend, None));
+    }
+    let reference = match provider {
+        Provider::OpenVino => build(model, Provider::OpenVino, Precision::F32, options),
+        _ => build(model, Provider::Cpu, Precision::F32, options)
+            .or_else(|_| build(model, Provider::Tract, Precision::F32, options)),
+    }
+    .map_err(|e| format!("cannot start the f32 run for the {precision} self-check: {e}"))?;
+    let check = precision::self_check(model, &*backend, &*reference, REDUCED_PRECISION_BOUND)?;
+    Ok((backend, Some(check)))
 }
 
 pub fn select(model: &Model, choice: ProviderChoice, options: &BackendOptions) -> Result<Selection, EngineError> {
@@ -124,14 +221,8 @@ pub fn select(model: &Model, choice: ProviderChoice, options: &BackendOptions) -
     };
     let mut skipped = Vec::new();
     for provider in order {
-        let attempt = match provider {
-            Provider::Tract => tract::TractBackend::new(model, options).map(|b| Box::new(b) as Box<dyn Backend>),
-            ort_provider => {
-                onnxruntime::OrtBackend::new(model, ort_provider, options).map(|b| Box::new(b) as Box<dyn Backend>)
-            }
-        };
-        match attempt {
-            Ok(backend) => return Ok(Selection { backend, skipped }),
+        match start(model, provider, options) {
+            Ok((backend, precision_check)) => return Ok(Selection { backend, skipped, precision_check }),
             Err(reason) if choice == ProviderChoice::Auto => skipped.push((provider, reason)),
             Err(reason) => return Err(EngineError::ProviderUnavailable { provider: provider.name(), reason }),
         }

@@ -1,4 +1,4 @@
-use super::{Backend, BackendOptions, Provider};
+use super::{Backend, BackendOptions, Precision, Provider};
 use crate::EngineError;
 use crate::model::Model;
 use medpatch_models::contract::INPUT_NAME;
@@ -84,16 +84,23 @@ pub(crate) fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
 pub struct OrtBackend {
     session: Mutex<Session>,
     provider: Provider,
+    precision: Precision,
     patch_shape: [usize; 3],
     classes: usize,
 }
 
 impl OrtBackend {
-    pub fn new(model: &Model, provider: Provider, options: &BackendOptions) -> Result<Self, String> {
+    /// `precision` is one `provider` runs (checked by the caller): f32, or fp16 for TensorRT.
+    pub fn new(
+        model: &Model,
+        provider: Provider,
+        precision: Precision,
+        options: &BackendOptions,
+    ) -> Result<Self, String> {
         let env = environment(options.ort_library.as_deref())?;
         let dispatch = match provider {
             Provider::TensorRt => {
-                let mut trt = ep::TensorRT::default().with_fp16(options.tensorrt_fp16);
+                let mut trt = ep::TensorRT::default().with_fp16(precision == Precision::Fp16);
                 if let Some(cache) = &options.tensorrt_cache {
                     std::fs::create_dir_all(cache).map_err(|e| format!("TensorRT cache {}: {e}", cache.display()))?;
                     trt = trt.with_engine_cache(true).with_engine_cache_path(cache.display().to_string());
@@ -102,7 +109,7 @@ impl OrtBackend {
             }
             Provider::Cuda => Some(ep::CUDA::default().build().error_on_failure()),
             Provider::Cpu => None,
-            Provider::Tract => unreachable!("tract is not an ONNX Runtime provider"),
+            other => return Err(format!("{} is not an ONNX Runtime execution provider", other.describe())),
         };
         let err = |e: ort::Error<ort::session::builder::SessionBuilder>| e.to_string();
         let mut builder = Session::builder(env).map_err(|e| e.to_string())?;
@@ -116,6 +123,7 @@ impl OrtBackend {
         Ok(Self {
             session: Mutex::new(session),
             provider,
+            precision,
             patch_shape: [model.channels, model.patch_size(), model.patch_size()],
             classes: model.num_classes(),
         })
@@ -125,6 +133,10 @@ impl OrtBackend {
 impl Backend for OrtBackend {
     fn provider(&self) -> Provider {
         self.provider
+    }
+
+    fn precision(&self) -> Precision {
+        self.precision
     }
 
     fn run(&self, patches: &[f32], n: usize) -> Result<Vec<f32>, EngineError> {

@@ -1,0 +1,372 @@
+//! OpenVINO's CPU plugin through the `openvino` crate, linked at run time: medpatch builds and runs
+//! without OpenVINO, and this provider is then skipped with the reason.
+//!
+//! The model is read from memory (the engine's ONNX bytes; OpenVINO's ONNX frontend reads it
+//! directly) and compiled once per batch size with every dimension static. The precision hint is
+//! always set explicitly: OpenVINO's CPU default on BF16-capable CPUs is bf16, and f32 must mean
+//! f32. The compiled model's own report of its precision is checked too, because OpenVINO ignores
+//! a bf16 hint on CPUs without BF16 and silently runs f32.
+
+use super::{Backend, BackendOptions, Precision, Provider};
+use crate::EngineError;
+use crate::model::Model;
+use ::openvino::{Core, DeviceType, ElementType, PartialShape, PropertyKey, RwPropertyKey, Shape, Tensor};
+use std::collections::HashMap;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+/// The environment variable naming the OpenVINO C library (`libopenvino_c.so*`) or its folder.
+pub const OPENVINO_LIBRARY_ENV: &str = "OPENVINO_LIB_PATH";
+
+/// The library this process loaded (OpenVINO's functions are process-wide: one library per process).
+static LOADED: Mutex<Option<PathBuf>> = Mutex::new(None);
+
+/// Is `name` the OpenVINO C API library, under any of the names its packages use
+/// (`libopenvino_c.so`, the pip wheel's `libopenvino_c.so.2641`, `libopenvino_c.2641.dylib`,
+/// `openvino_c.dll`)?
+fn is_c_library(name: &str) -> bool {
+    let rest = name.strip_prefix("libopenvino_c.").or_else(|| name.strip_prefix("openvino_c."));
+    rest.is_some_and(|rest| rest == "so" || rest.starts_with("so.") || rest.ends_with("dylib") || rest == "dll")
+}
+
+/// The OpenVINO C library in `dir`, if there is one (the highest name when several versions are).
+fn c_library_in(dir: &Path) -> Option<PathBuf> {
+    let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
+        .ok()?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(is_c_library))
+        .collect();
+    found.sort();
+    found.pop()
+}
+
+/// `openvino/libs` of the pip wheel inside the Python environment at `prefix`.
+fn in_python_environment(prefix: &Path) -> Option<PathBuf> {
+    // Windows venvs: Lib/site-packages; elsewhere lib/pythonX.Y/site-packages.
+    let mut site_packages = vec![prefix.join("Lib/site-packages")];
+    if let Ok(entries) = std::fs::read_dir(prefix.join("lib")) {
+        let mut pythons: Vec<PathBuf> = entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("python3")))
+            .collect();
+        pythons.sort();
+        site_packages.extend(pythons.into_iter().rev().map(|p| p.join("site-packages")));
+    }
+    site_packages.iter().find_map(|sp| c_library_in(&sp.join("openvino/libs")))
+}
+
+/// Where medpatch looks for OpenVINO when no path is given, in order:
+/// 1. `OPENVINO_LIB_PATH`: the C library (`libopenvino_c.so*`) or the folder holding it;
+/// 2. beside the executable, or in its `lib/` folder;
+/// 3. the active Python environment (`$VIRTUAL_ENV`, then `$CONDA_PREFIX`):
+///    `site-packages/openvino/libs/` of the `openvino` wheel (`pip install openvino`), whose
+///    library has a versioned name (`libopenvino_c.so.2641` for 2026.4.1);
+/// 4. an OpenVINO installation (`setupvars.sh`'s `INTEL_OPENVINO_DIR`, `LD_LIBRARY_PATH`, the
+///    system packages' folders), as `openvino-finder` finds it.
+pub fn default_openvino_library() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os(OPENVINO_LIBRARY_ENV).filter(|p| !p.is_empty()) {
+        // A folder is resolved, and a wrong value reported, by the loader.
+        return Some(PathBuf::from(p));
+    }
+    if let Some(exe_dir) = std::env::current_exe().ok().and_then(|e| e.parent().map(Path::to_path_buf)) {
+        if let Some(p) = c_library_in(&exe_dir).or_else(|| c_library_in(&exe_dir.join("lib"))) {
+            return Some(p);
+        }
+    }
+    for var in ["VIRTUAL_ENV", "CONDA_PREFIX"] {
+        if let Some(p) =
+            std::env::var_os(var).filter(|p| !p.is_empty()).and_then(|p| in_python_environment(Path::new(&p)))
+        {
+            return Some(p);
+        }
+    }
+    catch_unwind(openvino_sys::library::find).ok().flatten().filter(|p| p.is_file())
+}
+
+fn not_found() -> String {
+    format!(
+        "OpenVINO library not found: `pip install openvino` (2025.1 or newer) into the active Python environment \
+         ($VIRTUAL_ENV or $CONDA_PREFIX), or pass --openvino-lib PATH or set {OPENVINO_LIBRARY_ENV} to its \
+         libopenvino_c.so* (in site-packages/openvino/libs/), or put that library beside medpatch"
+    )
+}
+
+/// Load the OpenVINO C library once per process: `requested`, else [`default_openvino_library`].
+/// A failed load is not remembered (a later call may name a good library); asking for another
+/// library once one is loaded is an error rather than a silent mismatch.
+fn load(requested: Option<&Path>) -> Result<PathBuf, String> {
+    let mut loaded = LOADED.lock().unwrap_or_else(|p| p.into_inner());
+    let path = match (requested, &*loaded) {
+        (Some(p), _) => p.to_path_buf(),
+        (None, Some(current)) => return Ok(current.clone()),
+        (None, None) => default_openvino_library().ok_or_else(not_found)?,
+    };
+    // A folder stands for the library in it (the wheel's has a versioned name).
+    let path = if path.is_dir() {
+        c_library_in(&path)
+            .ok_or_else(|| format!("no OpenVINO C library (libopenvino_c.so*) in the folder {}", path.display()))?
+    } else {
+        path
+    };
+    if let Some(current) = &*loaded {
+        if *current != path {
+            return Err(format!(
+                "OpenVINO is already loaded from {}; one library per process (asked for {})",
+                current.display(),
+                path.display()
+            ));
+        }
+        return Ok(path);
+    }
+    if !path.is_file() {
+        return Err(format!("OpenVINO library {} does not exist. {}", path.display(), not_found()));
+    }
+    let attempt = catch_unwind(|| openvino_sys::library::load_from(path.clone()))
+        .unwrap_or_else(|panic| Err(super::onnxruntime::panic_message(&panic)));
+    attempt.map_err(|e| format!("cannot load OpenVINO from {}: {e}", path.display()))?;
+    *loaded = Some(path.clone());
+    Ok(path)
+}
+
+/// Run `f`, turning a panic of the `openvino` crate (it has a few `expect`s and asserts) into an
+/// error: no panic crosses the library boundary.
+fn guard<T>(what: &str, f: impl FnOnce() -> Result<T, String>) -> Result<T, String> {
+    catch_unwind(AssertUnwindSafe(f))
+        .unwrap_or_else(|panic| Err(format!("{what}: {}", super::onnxruntime::panic_message(&panic))))
+}
+
+/// OpenVINO's name for a precision hint.
+fn hint_name(precision: Precision) -> &'static str {
+    match precision {
+        Precision::F32 => "f32",
+        Precision::Bf16 => "bf16",
+        Precision::Fp16 => "f16",
+    }
+}
+
+/// A compiled model for one batch size and its infer requests (several when the batch is split
+/// between OpenVINO streams).
+struct Compiled {
+    requests: Vec<Mutex<::openvino::InferRequest>>,
+    // Declared after the requests: dropped after them. (A Mutex only to make it Sync; unused.)
+    _model: Mutex<::openvino::CompiledModel>,
+}
+
+/// Batch sizes kept compiled at once (the engine uses two or three: its batch, one image, the
+/// last, shorter batch).
+const MAX_COMPILED: usize = 8;
+
+struct State {
+    core: Core,
+    model: ::openvino::Model,
+    compiled: HashMap<usize, Arc<Compiled>>,
+}
+
+pub struct OpenVinoBackend {
+    state: Mutex<State>,
+    precision: Precision,
+    patch_shape: [usize; 3],
+    classes: usize,
+    /// Infer requests run side by side, each on its share of the batch (OpenVINO streams).
+    streams: usize,
+}
+
+/// The OpenVINO library this process loaded, if any.
+pub fn loaded_openvino_library() -> Option<PathBuf> {
+    LOADED.lock().unwrap_or_else(|p| p.into_inner()).clone()
+}
+
+impl OpenVinoBackend {
+    pub fn new(model: &Model, precision: Precision, options: &BackendOptions) -> Result<Self, String> {
+        let library = load(options.openvino_library.as_deref())?;
+        guard("OpenVINO", || Self::start(model, precision, options, &library))
+    }
+
+    fn start(model: &Model, precision: Precision, options: &BackendOptions, library: &Path) -> Result<Self, String> {
+        let err = |what: &str| {
+            let what = what.to_string();
+            move |e: ::openvino::InferenceError| format!("OpenVINO {what}: {e}")
+        };
+        let mut core = Core::new().map_err(|e| format!("OpenVINO from {}: {e}", library.display()))?;
+        let cpu = DeviceType::CPU;
+        if precision == Precision::Bf16 {
+            let capabilities =
+                core.get_property(&cpu, &PropertyKey::DeviceCapabilities).map_err(err("capabilities"))?;
+            if !capabilities.split([' ', ',']).any(|c| c == "BF16") {
+                let name = core.get_property(&cpu, &PropertyKey::DeviceFullName).unwrap_or_else(|_| "this CPU".into());
+                return Err(format!(
+                    "{name} does not report BF16 in OpenVINO's OPTIMIZATION_CAPABILITIES ({capabilities}): bf16 needs a \
+                     CPU with AVX512-BF16 or AMX; use --precision f32"
+                ));
+            }
+        }
+        core.set_property(&cpu, &RwPropertyKey::HintInferencePrecision, hint_name(precision))
+            .map_err(err("precision hint"))?;
+        if options.threads > 0 {
+            core.set_property(&cpu, &RwPropertyKey::InferenceNumThreads, &options.threads.to_string())
+                .map_err(err("threads"))?;
+        }
+        let streams =
+            std::env::var("MEDPATCH_OPENVINO_STREAMS").ok().and_then(|s| s.parse().ok()).unwrap_or(1usize).max(1);
+        if streams > 1 {
+            core.set_property(&cpu, &RwPropertyKey::HintPerformanceMode, "THROUGHPUT")
+                .map_err(err("performance hint"))?;
+            core.set_property(&cpu, &RwPropertyKey::NumStreams, &streams.to_string()).map_err(err("streams"))?;
+        } else {
+            core.set_property(&cpu, &RwPropertyKey::HintPerformanceMode, "LATENCY").map_err(err("performance hint"))?;
+        }
+        let ov_model = core.read_model_from_buffer(&model.bytes, None).map_err(err("cannot read the model"))?;
+        let p = model.patch_size();
+        let backend = Self {
+            state: Mutex::new(State { core, model: ov_model, compiled: HashMap::new() }),
+            precision,
+            patch_shape: [model.channels, p, p],
+            classes: model.num_classes(),
+            streams,
+        };
+        // Fail now, not at the first image, if OpenVINO cannot compile this graph; one image's
+        // patches is the batch most used (single predictions, the self-check).
+        backend.compiled(model.grid() * model.grid())?;
+        Ok(backend)
+    }
+
+    /// The compiled model for batch size `n`, compiled on first use.
+    fn compiled(&self, n: usize) -> Result<Arc<Compiled>, String> {
+        // Held while compiling: concurrent callers usually want the same size.
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = state.compiled.get(&n) {
+            return Ok(c.clone());
+        }
+        let [c, h, w] = self.patch_shape;
+        let dims = [n as i64, c as i64, h as i64, w as i64];
+        let err = |what: &'static str| move |e: ::openvino::InferenceError| format!("OpenVINO {what} (batch {n}): {e}");
+        let shape = PartialShape::new_static(4, &dims).map_err(err("shape"))?;
+        let State { core, model, compiled } = &mut *state;
+        if compiled.len() >= MAX_COMPILED {
+            // Callers with ever-new batch sizes must not grow memory without end.
+            compiled.clear();
+        }
+        model.reshape_single_input(&shape).map_err(err("cannot reshape the model"))?;
+        let mut compiled_model = core.compile_model(model, DeviceType::CPU).map_err(err("cannot compile the model"))?;
+        let hint = compiled_model.get_property(&PropertyKey::Rw(RwPropertyKey::HintInferencePrecision));
+        let hint = hint.map_err(err("precision"))?.to_string();
+        if !precision_matches(&hint, self.precision) {
+            return Err(format!(
+                "OpenVINO compiled the model at {hint}, not {} as asked (it ignores bf16 on CPUs without it)",
+                self.precision
+            ));
+        }
+        let requests = (0..self.streams)
+            .map(|_| compiled_model.create_infer_request().map(Mutex::new))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(err("cannot create an infer request"))?;
+        let entry = Arc::new(Compiled { requests, _model: Mutex::new(compiled_model) });
+        compiled.insert(n, entry.clone());
+        Ok(entry)
+    }
+
+    fn infer(&self, request: &Mutex<::openvino::InferRequest>, patches: &[f32], n: usize) -> Result<Vec<f32>, String> {
+        let [c, h, w] = self.patch_shape;
+        let err = |what: &'static str| move |e: ::openvino::InferenceError| format!("OpenVINO {what}: {e}");
+        let shape = Shape::new(&[n as i64, c as i64, h as i64, w as i64]).map_err(err("shape"))?;
+        let mut input = Tensor::new(ElementType::F32, &shape).map_err(err("input tensor"))?;
+        let data = input.get_data_mut::<f32>().map_err(err("input tensor"))?;
+        if data.len() != patches.len() {
+            return Err(format!("OpenVINO input holds {} values, not {}", data.len(), patches.len()));
+        }
+        data.copy_from_slice(patches);
+        let mut request = request.lock().unwrap_or_else(|p| p.into_inner());
+        request.set_input_tensor(&input).map_err(err("input"))?;
+        request.infer().map_err(err("inference"))?;
+        let output = request.get_output_tensor_by_index(0).map_err(err("output"))?;
+        let dims = output.get_shape().map_err(err("output shape"))?.get_dimensions().to_vec();
+        if dims != [n as i64, self.classes as i64] {
+            return Err(format!("OpenVINO returned shape {dims:?}, expected [{n}, {}]", self.classes));
+        }
+        Ok(output.get_data::<f32>().map_err(err("output"))?.to_vec())
+    }
+}
+
+/// Does OpenVINO's report of a compiled model's precision ("f32", "bf16", …) say `precision`?
+fn precision_matches(reported: &str, precision: Precision) -> bool {
+    let reported = reported.trim().to_ascii_lowercase();
+    match precision {
+        Precision::F32 => reported == "f32" || reported == "float32",
+        Precision::Bf16 => reported == "bf16" || reported == "bfloat16",
+        Precision::Fp16 => reported == "f16" || reported == "float16",
+    }
+}
+
+impl Backend for OpenVinoBackend {
+    fn provider(&self) -> Provider {
+        Provider::OpenVino
+    }
+
+    fn precision(&self) -> Precision {
+        self.precision
+    }
+
+    fn run(&self, patches: &[f32], n: usize) -> Result<Vec<f32>, EngineError> {
+        let parts = self.streams.min(n).max(1);
+        let result = guard("OpenVINO", || {
+            if parts == 1 {
+                let compiled = self.compiled(n)?;
+                return self.infer(&compiled.requests[0], patches, n);
+            }
+            // One contiguous share of the batch per stream, run side by side.
+            let per_patch: usize = self.patch_shape.iter().product();
+            let share = n.div_ceil(parts);
+            let outputs: Vec<Result<Vec<f32>, String>> = std::thread::scope(|scope| {
+                let workers: Vec<_> = patches
+                    .chunks(share * per_patch)
+                    .enumerate()
+                    .map(|(i, part)| {
+                        scope.spawn(move || {
+                            let m = part.len() / per_patch;
+                            let compiled = self.compiled(m)?;
+                            self.infer(&compiled.requests[i], part, m)
+                        })
+                    })
+                    .collect();
+                workers
+                    .into_iter()
+                    .map(|w| w.join().unwrap_or_else(|_| Err("an OpenVINO worker panicked".into())))
+                    .collect()
+            });
+            let mut logits = Vec::with_capacity(n * self.classes);
+            for part in outputs {
+                logits.extend(part?);
+            }
+            Ok(logits)
+        });
+        result.map_err(EngineError::Backend)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn c_library_names_of_every_package_are_recognised() {
+        for name in [
+            "libopenvino_c.so",
+            "libopenvino_c.so.2641",
+            "libopenvino_c.so.2026.4.1",
+            "libopenvino_c.2641.dylib",
+            "openvino_c.dll",
+        ] {
+            assert!(is_c_library(name), "{name}");
+        }
+        for name in ["libopenvino.so.2641", "libopenvino_c.pc", "libopenvino_onnx_frontend.so.2641", "openvino_c.h"] {
+            assert!(!is_c_library(name), "{name}");
+        }
+    }
+
+    #[test]
+    fn reported_precisions_are_matched_strictly() {
+        assert!(precision_matches("f32", Precision::F32) && precision_matches(" BF16", Precision::Bf16));
+        assert!(!precision_matches("f32", Precision::Bf16) && !precision_matches("bf16", Precision::F32));
+    }
+}

@@ -1,0 +1,316 @@
+//! Numeric precision of a backend, and the self-check that a reduced-precision backend must pass
+//! before the engine uses it.
+//!
+//! f32 is exact and reproducible: every provider runs it, and the parity tests hold them to 1e-4.
+//! bf16 (OpenVINO on CPUs with AVX512-BF16 or AMX) and fp16 (TensorRT) change the numbers, so a
+//! backend at reduced precision runs fixed patches once, at engine creation, and is refused when
+//! its logits leave [`REDUCED_PRECISION_BOUND`] of an f32 run on the same patches.
+
+use super::Backend;
+use crate::EngineError;
+use crate::model::Model;
+use serde::Serialize;
+
+/// The arithmetic a backend computes in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// 32-bit floats: exact (to ~1e-6) and reproducible; every provider.
+    #[default]
+    F32,
+    /// bfloat16 compute: OpenVINO on CPUs that report BF16 (AVX512-BF16 or AMX).
+    Bf16,
+    /// IEEE half precision: TensorRT.
+    Fp16,
+}
+
+impl Precision {
+    pub const ALL: [Precision; 3] = [Precision::F32, Precision::Bf16, Precision::Fp16];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::F32 => "f32",
+            Precision::Bf16 => "bf16",
+            Precision::Fp16 => "fp16",
+        }
+    }
+
+    /// Names accepted for this precision: its name first, then aliases.
+    pub fn names(self) -> &'static [&'static str] {
+        match self {
+            Precision::F32 => &["f32", "fp32", "float32"],
+            Precision::Bf16 => &["bf16", "bfloat16"],
+            Precision::Fp16 => &["fp16", "f16", "float16", "half"],
+        }
+    }
+
+    /// Which providers run it, for messages.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Precision::F32 => "32-bit float (exact, every provider)",
+            Precision::Bf16 => "bfloat16 (OpenVINO on a CPU with AVX512-BF16 or AMX)",
+            Precision::Fp16 => "half precision (TensorRT)",
+        }
+    }
+}
+
+impl std::fmt::Display for Precision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for Precision {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let lower = s.to_ascii_lowercase();
+        Precision::ALL.into_iter().find(|p| p.names().contains(&lower.as_str())).ok_or_else(|| {
+            let names: Vec<&str> = Precision::ALL.iter().map(|p| p.name()).collect();
+            format!("unknown precision '{s}': use {}", names.join(", "))
+        })
+    }
+}
+
+/// How far a reduced-precision backend's logits may be from f32 on the same patches:
+/// `|z - z_f32| <= absolute + relative · |z_f32|` for every patch logit. Chosen from the
+/// deviations measured on real X-rays (see the README's "Precision" paragraph and
+/// `tests/engine_openvino.rs`, which holds every real X-ray to the same bound): several times the
+/// worst case seen, so that a correct bf16/fp16 kernel passes and a broken one (garbage, NaN,
+/// a wrong-precision fallback path) does not.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Bound {
+    pub absolute: f32,
+    pub relative: f32,
+}
+
+pub const REDUCED_PRECISION_BOUND: Bound = Bound { absolute: 0.05, relative: 0.05 };
+
+impl Bound {
+    /// The allowed deviation of one logit whose f32 value is `reference`.
+    pub fn allowed(&self, reference: f32) -> f32 {
+        self.absolute + self.relative * reference.abs()
+    }
+
+    /// The worst deviation of `values` from `reference` as a fraction of the allowed one
+    /// (≤ 1 passes), with the logit where it happened. Non-finite values never pass.
+    pub fn worst(&self, values: &[f32], reference: &[f32]) -> (f32, usize) {
+        let mut worst = (0f32, 0usize);
+        for (i, (&v, &r)) in values.iter().zip(reference).enumerate() {
+            let ratio = if v.is_finite() && r.is_finite() { (v - r).abs() / self.allowed(r) } else { f32::INFINITY };
+            if ratio > worst.0 || (ratio.is_infinite() && worst.0.is_finite()) {
+                worst = (ratio, i);
+            }
+        }
+        worst
+    }
+}
+
+/// What the self-check measured (reported by the engine and the CLI).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct PrecisionCheck {
+    pub precision: Precision,
+    /// The f32 run it was compared with.
+    pub reference: super::Provider,
+    pub patches: usize,
+    /// max |z − z_f32| over every patch logit.
+    pub max_abs_diff: f32,
+    /// mean |z − z_f32| over every patch logit.
+    pub mean_abs_diff: f32,
+    /// max |z − z_f32| / (absolute + relative·|z_f32|): at most 1 to pass.
+    pub worst_fraction_of_bound: f32,
+    pub bound: Bound,
+}
+
+impl std::fmt::Display for PrecisionCheck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} self-check on {} fixed patches against {} f32: max |Δ logit| {:.2e}, mean {:.2e} ({:.0}% of the bound {} + {}·|logit|)",
+            self.precision,
+            self.patches,
+            self.reference,
+            self.max_abs_diff,
+            self.mean_abs_diff,
+            100.0 * self.worst_fraction_of_bound,
+            self.bound.absolute,
+            self.bound.relative
+        )
+    }
+}
+
+/// A synthetic chest-X-ray-like image (`side²`, values in [0, 1]): smooth background, two darker
+/// lung fields, a bright spine and mediastinum, rib arcs, and fine deterministic noise. No file
+/// access and the same values on every machine: the self-check's input.
+pub fn synthetic_xray(side: usize) -> Vec<f32> {
+    let s = side as f32;
+    let mut state: u32 = 0x9E37_79B9;
+    let mut noise = move || {
+        // xorshift32: fixed sequence, same everywhere.
+        state ^= state << 13;
+        state ^= state >> 17;
+        state ^= state << 5;
+        state as f32 / u32::MAX as f32 - 0.5
+    };
+    let mut pixels = Vec::with_capacity(side * side);
+    for y in 0..side {
+        for x in 0..side {
+            let (u, v) = (x as f32 / s, y as f32 / s);
+            let mut p = 0.55 + 0.15 * v - 0.1 * ((u - 0.5) * 2.0).powi(2);
+            for cx in [0.3f32, 0.7] {
+                let d = ((u - cx) / 0.17).powi(2) + ((v - 0.48) / 0.3).powi(2);
+                if d < 1.0 {
+                    p -= 0.35 * (1.0 - d).sqrt();
+                }
+            }
+            p += 0.3 * (-((u - 0.5) / 0.06).powi(2)).exp();
+            let rib = (v * 40.0 + 6.0 * (u - 0.5).powi(2) * 10.0).sin();
+            if rib > 0.85 && (0.12..0.88).contains(&u) {
+                p += 0.08;
+            }
+            p += 0.03 * noise();
+            pixels.push(p.clamp(0.0, 1.0));
+        }
+    }
+    pixels
+}
+
+/// The self-check's patches for `model`: one synthetic image cut into the model's grid, each
+/// patch repeated over the model's channels. Returns `(patches, n)`.
+pub fn check_patches(model: &Model) -> (Vec<f32>, usize) {
+    let (side, patch, channels) = (model.image_size(), model.patch_size(), model.channels);
+    let one_channel = crate::tile::tile(&synthetic_xray(side), side, patch);
+    let per = patch * patch;
+    let n = one_channel.len() / per;
+    let mut patches = Vec::with_capacity(n * channels * per);
+    for p in one_channel.chunks_exact(per) {
+        for _ in 0..channels {
+            patches.extend_from_slice(p);
+        }
+    }
+    (patches, n)
+}
+
+/// Run the check patches through `backend` and `reference` (f32) and compare them against `bound`.
+pub fn self_check(
+    model: &Model,
+    backend: &dyn Backend,
+    reference: &dyn Backend,
+    bound: Bound,
+) -> Result<PrecisionCheck, String> {
+    let (patches, n) = check_patches(model);
+    let run = |b: &dyn Backend| b.run(&patches, n).map_err(|e: EngineError| e.to_string());
+    let reduced = run(backend)?;
+    let exact = run(reference)?;
+    if reduced.len() != exact.len() {
+        return Err(format!("self-check: {} logits against {} from f32", reduced.len(), exact.len()));
+    }
+    let (fraction, at) = bound.worst(&reduced, &exact);
+    let diffs = reduced.iter().zip(&exact).map(|(a, b)| (a - b).abs());
+    let max_abs_diff = diffs.clone().fold(0f32, |m, d| if d.is_nan() { f32::INFINITY } else { m.max(d) });
+    let mean_abs_diff = diffs.sum::<f32>() / exact.len().max(1) as f32;
+    let check = PrecisionCheck {
+        precision: backend.precision(),
+        reference: reference.provider(),
+        patches: n,
+        max_abs_diff,
+        mean_abs_diff,
+        worst_fraction_of_bound: fraction,
+        bound,
+    };
+    if fraction <= 1.0 {
+        Ok(check)
+    } else {
+        let classes = model.num_classes();
+        Err(format!(
+            "{} results are too far from f32 on the self-check patches: patch {} class {} gave {} where f32 gives {} \
+             (allowed ±{:.3}); {check}. Use --precision f32",
+            backend.precision(),
+            at / classes,
+            model.metadata.classes.get(at % classes).map_or("?", String::as_str),
+            reduced[at],
+            exact[at],
+            bound.allowed(exact[at])
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::Provider;
+
+    #[test]
+    fn names_parse_and_unknown_ones_say_what_is_accepted() {
+        for p in Precision::ALL {
+            assert_eq!(p.name().parse::<Precision>().unwrap(), p);
+            assert_eq!(p.names()[0], p.name());
+        }
+        assert_eq!("BF16".parse::<Precision>().unwrap(), Precision::Bf16);
+        assert_eq!("half".parse::<Precision>().unwrap(), Precision::Fp16);
+        let err = "int8".parse::<Precision>().unwrap_err();
+        assert_eq!(err, "unknown precision 'int8': use f32, bf16, fp16");
+        assert_eq!(Precision::default(), Precision::F32);
+    }
+
+    #[test]
+    fn bound_scales_with_the_logit_and_never_passes_non_finite_values() {
+        let b = Bound { absolute: 0.1, relative: 0.1 };
+        assert!((b.allowed(-10.0) - 1.1).abs() < 1e-6);
+        assert_eq!(b.worst(&[1.0, 2.0], &[1.0, 2.0]), (0.0, 0));
+        let (fraction, at) = b.worst(&[1.0, 10.5], &[1.0, 10.0]);
+        assert_eq!(at, 1);
+        assert!((fraction - 0.5 / 1.1).abs() < 1e-5);
+        assert_eq!(b.worst(&[0.0, f32::NAN, 9.0], &[0.0, 0.0, 0.0]).1, 1);
+        assert!(b.worst(&[f32::INFINITY], &[0.0]).0.is_infinite());
+    }
+
+    #[test]
+    fn synthetic_xray_is_fixed_in_range_and_structured() {
+        let a = synthetic_xray(512);
+        assert_eq!(a, synthetic_xray(512));
+        assert!(a.iter().all(|v| (0.0..=1.0).contains(v)));
+        let mean = a.iter().sum::<f32>() / a.len() as f32;
+        let var = a.iter().map(|v| (v - mean).powi(2)).sum::<f32>() / a.len() as f32;
+        assert!(var.sqrt() > 0.05, "the image must have structure, not be flat (std {})", var.sqrt());
+        // A lung field is darker than the spine between them.
+        let at = |u: f32, v: f32| a[(v * 512.0) as usize * 512 + (u * 512.0) as usize];
+        assert!(at(0.3, 0.48) + 0.2 < at(0.5, 0.48));
+    }
+
+    /// A backend that returns `f(i)` for logit i.
+    struct Fake(Provider, Precision, fn(usize) -> f32, usize);
+    impl Backend for Fake {
+        fn provider(&self) -> Provider {
+            self.0
+        }
+        fn precision(&self) -> Precision {
+            self.1
+        }
+        fn run(&self, _: &[f32], n: usize) -> Result<Vec<f32>, EngineError> {
+            Ok((0..n * self.3).map(self.2).collect())
+        }
+    }
+
+    #[test]
+    fn self_check_passes_close_results_and_refuses_far_ones_naming_the_logit() {
+        let model = Model::from_bytes(crate::DEFAULT_MODEL_BYTES.into(), crate::ModelOrigin::Embedded).unwrap();
+        let classes = model.num_classes();
+        let exact = Fake(Provider::Tract, Precision::F32, |i| (i % 7) as f32 - 3.0, classes);
+        let close = Fake(Provider::OpenVino, Precision::Bf16, |i| (i % 7) as f32 - 3.0 + 0.01, classes);
+        let check = self_check(&model, &close, &exact, REDUCED_PRECISION_BOUND).unwrap();
+        assert_eq!((check.patches, check.reference, check.precision), (64, Provider::Tract, Precision::Bf16));
+        assert!((check.max_abs_diff - 0.01).abs() < 1e-4 && (check.mean_abs_diff - 0.01).abs() < 1e-4);
+        assert!(check.to_string().contains("bf16 self-check on 64 fixed patches against tract f32"), "{check}");
+        // One logit far off: refused, and the message says which and what to do.
+        let far = Fake(
+            Provider::OpenVino,
+            Precision::Bf16,
+            |i| if i == 3 * 14 + 2 { 5.0 } else { (i % 7) as f32 - 3.0 },
+            classes,
+        );
+        let err = self_check(&model, &far, &exact, REDUCED_PRECISION_BOUND).unwrap_err();
+        assert!(err.contains("patch 3 class") && err.contains("--precision f32"), "{err}");
+        let nan = Fake(Provider::OpenVino, Precision::Bf16, |_| f32::NAN, classes);
+        assert!(self_check(&model, &nan, &exact, REDUCED_PRECISION_BOUND).is_err());
+    }
+}

@@ -1,0 +1,340 @@
+//! The OpenVINO provider and precisions: OpenVINO equals ONNX Runtime at f32 on every real X-ray,
+//! bf16 stays within the documented bound where the CPU has it (and is refused, with the reason,
+//! where it does not), and `auto` skips what cannot run the requested precision.
+//!
+//! OpenVINO is found the way users find it: `OPENVINO_LIB_PATH` (scripts/test.sh sets it) or the
+//! active Python environment (`VIRTUAL_ENV`, the venv that has the pinned `openvino` wheel).
+
+mod common;
+
+use common::*;
+use medpatch_engine::backend::{REDUCED_PRECISION_BOUND, default_openvino_library};
+use medpatch_engine::{BackendOptions, Engine, EngineError, Model, ModelSource, Precision, Provider, ProviderChoice};
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+/// The venv's OpenVINO, found as medpatch finds it by default.
+fn openvino_found() -> PathBuf {
+    default_openvino_library().unwrap_or_else(|| {
+        panic!(
+            "OpenVINO not found: run the tests through scripts/test.sh (it sets OPENVINO_LIB_PATH), or activate \
+             .venv (it has the openvino wheel from scripts/requirements-test.txt), or export OPENVINO_LIB_PATH"
+        )
+    })
+}
+
+/// The pip wheel's library folder in the repository's venv (`site-packages/openvino/libs`).
+fn venv_openvino_libs() -> PathBuf {
+    let lib = repo_root().join(".venv/lib");
+    std::fs::read_dir(&lib)
+        .ok()
+        .and_then(|entries| {
+            entries.filter_map(|e| e.ok().map(|e| e.path().join("site-packages/openvino/libs"))).find(|p| p.is_dir())
+        })
+        .unwrap_or_else(|| panic!("no openvino wheel under {}: run scripts/setup.sh", lib.display()))
+}
+
+fn engine(model: &Model, provider: ProviderChoice, precision: Precision) -> Result<Engine, EngineError> {
+    Engine::builder()
+        .model(ModelSource::Loaded(model.clone()))
+        .provider(provider)
+        .backend_options(BackendOptions { ort_library: Some(ort_library()), precision, ..Default::default() })
+        .build()
+}
+
+/// Does the CPU have bf16 arithmetic (AVX512-BF16 or AMX), by the kernel's CPU flags, whatever
+/// OpenVINO says? Decides which behaviour the bf16 tests demand.
+fn cpu_has_bf16() -> bool {
+    let info = std::fs::read_to_string("/proc/cpuinfo").expect("the bf16 tests read /proc/cpuinfo (Linux)");
+    let flags = info.lines().find(|l| l.starts_with("flags")).unwrap_or_default();
+    flags.split_whitespace().any(|f| f == "avx512_bf16" || f == "amx_bf16")
+}
+
+fn cpu_model() -> String {
+    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    info.lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split(':').nth(1))
+        .map_or("?".into(), |s| s.trim().to_string())
+}
+
+/// A full-size EfficientNetV2-S with the exporter's reproducible random weights.
+fn random_efficientnet_v2_s() -> Model {
+    let dir = scratch(&format!("openvino-random-s-{}", std::process::id()));
+    let path = dir.join("s.onnx");
+    let options = medpatch_exporter::ExportOptions::new(
+        medpatch_exporter::WeightsSource::Random { seed: 0, num_classes: 14 },
+        path.clone(),
+    );
+    medpatch_exporter::export(&options).unwrap();
+    Model::from_path(&path).unwrap()
+}
+
+fn embedded_model() -> Model {
+    Model::from_bytes(medpatch_engine::DEFAULT_MODEL_BYTES.into(), medpatch_engine::ModelOrigin::Embedded).unwrap()
+}
+
+#[derive(Default)]
+struct Deviation {
+    worst: f32,
+    sum: f64,
+    count: usize,
+}
+
+impl Deviation {
+    fn add(&mut self, a: &[f32], b: &[f32]) {
+        for (x, y) in a.iter().zip(b) {
+            let d = (x - y).abs();
+            self.worst = if d.is_nan() { f32::INFINITY } else { self.worst.max(d) };
+            self.sum += d as f64;
+            self.count += 1;
+        }
+    }
+    fn mean(&self) -> f64 {
+        self.sum / self.count.max(1) as f64
+    }
+}
+
+#[test]
+fn openvino_equals_onnxruntime_at_f32_on_every_real_xray() {
+    eprintln!("OpenVINO: {}; CPU: {}", openvino_found().display(), cpu_model());
+    let (_, model) = exported_reference_model("efficientnet_v2_s");
+    let ort = engine(&model, ProviderChoice::Only(Provider::Cpu), Precision::F32).unwrap();
+    let ov = engine(&model, ProviderChoice::Only(Provider::OpenVino), Precision::F32).unwrap();
+    assert_eq!((ov.provider(), ov.precision()), (Provider::OpenVino, Precision::F32));
+    assert!(ov.precision_check().is_none(), "f32 needs no self-check");
+    let images = all_real_xrays();
+    assert!(images.len() >= 41, "expected the 32 NIH PNGs, 8 JPEGs and the DICOM");
+    // The engine's default batch (256 patches = 4 images) and the shorter last batch: two shapes.
+    let (a, b) = (ort.predict_paths(&images), ov.predict_paths(&images));
+    let (mut worst, mut largest) = (0f32, 0f32);
+    for ((path, a), b) in images.iter().zip(a).zip(b) {
+        let (a, b) = (a.unwrap(), b.unwrap());
+        assert_eq!(b.provider, Provider::OpenVino);
+        let d = max_abs_diff(&a.patch_logits, &b.patch_logits).max(max_abs_diff(&a.logits, &b.logits));
+        eprintln!("{}: max |Δ logit| OpenVINO vs ONNX Runtime {d:.2e}", path.file_name().unwrap().to_string_lossy());
+        worst = worst.max(d);
+        largest = a.patch_logits.iter().fold(largest, |m, z| m.max(z.abs()));
+    }
+    eprintln!("worst over {} real X-rays: {worst:.2e} (patch logits up to {largest:.2})", images.len());
+    assert!(largest > 0.1, "the reference model's logits must not be vanishingly small ({largest})");
+    assert!(worst <= 1e-4, "OpenVINO and ONNX Runtime differ by {worst}");
+}
+
+/// bf16 on the real X-rays against OpenVINO f32, for one model: where the CPU has bf16 every
+/// patch logit must be within the self-check's bound (and the numbers are printed); where it does
+/// not, bf16 must be refused with a reason naming the missing capability.
+fn bf16_on_real_xrays(label: &str, model: &Model) {
+    let bf16 = engine(model, ProviderChoice::Only(Provider::OpenVino), Precision::Bf16);
+    if !cpu_has_bf16() {
+        let err = bf16.err().expect("bf16 must be refused on a CPU without AVX512-BF16 or AMX").to_string();
+        eprintln!("{label}: bf16 refused on {}, as it must be: {err}", cpu_model());
+        assert!(
+            err.contains("provider openvino is not available")
+                && err.contains("does not report BF16 in OpenVINO's OPTIMIZATION_CAPABILITIES")
+                && err.contains("--precision f32"),
+            "{err}"
+        );
+        return;
+    }
+    let bf16 = bf16.unwrap_or_else(|e| panic!("{label}: this CPU has bf16 but OpenVINO bf16 was refused: {e}"));
+    let f32 = engine(model, ProviderChoice::Only(Provider::OpenVino), Precision::F32).unwrap();
+    let check = bf16.precision_check().expect("bf16 is self-checked");
+    eprintln!("{label}: {check}");
+    let images = all_real_xrays();
+    let (a, b) = (bf16.predict_paths(&images), f32.predict_paths(&images));
+    let (mut logits, mut probabilities, mut patches) =
+        (Deviation::default(), Deviation::default(), Deviation::default());
+    let mut worst_fraction = 0f32;
+    for (a, b) in a.into_iter().zip(b) {
+        let (a, b) = (a.unwrap(), b.unwrap());
+        logits.add(&a.logits, &b.logits);
+        probabilities.add(&a.probabilities, &b.probabilities);
+        patches.add(&a.patch_logits, &b.patch_logits);
+        worst_fraction = worst_fraction.max(REDUCED_PRECISION_BOUND.worst(&a.patch_logits, &b.patch_logits).0);
+    }
+    eprintln!(
+        "{label}: bf16 vs f32 over {} real X-rays on {}: logits worst {:.2e} mean {:.2e}; probabilities worst {:.2e} \
+         mean {:.2e}; patch logits worst {:.2e} mean {:.2e}; worst patch logit at {:.0}% of the bound",
+        images.len(),
+        cpu_model(),
+        logits.worst,
+        logits.mean(),
+        probabilities.worst,
+        probabilities.mean(),
+        patches.worst,
+        patches.mean(),
+        100.0 * worst_fraction
+    );
+    assert!(worst_fraction <= 1.0, "{label}: a bf16 patch logit is outside the bound ({worst_fraction:.2} of it)");
+    assert!(patches.worst > 0.0, "{label}: bf16 gave exactly the f32 numbers: it did not run bf16");
+}
+
+#[test]
+fn bf16_is_within_the_bound_on_real_xrays_or_refused_naming_why() {
+    eprintln!("OpenVINO: {}; CPU: {}; bf16 flags: {}", openvino_found().display(), cpu_model(), cpu_has_bf16());
+    bf16_on_real_xrays("random efficientnet_v2_s", &random_efficientnet_v2_s());
+    bf16_on_real_xrays("embedded demo model", &embedded_model());
+}
+
+#[test]
+fn auto_skips_providers_that_cannot_run_the_precision_and_says_why() {
+    openvino_found();
+    let model = embedded_model();
+    // f32: ONNX Runtime's CPU provider comes before OpenVINO.
+    let f32 = engine(&model, ProviderChoice::Auto, Precision::F32).unwrap();
+    assert_eq!((f32.provider(), f32.precision()), (Provider::Cpu, Precision::F32));
+    // bf16: everything but OpenVINO is skipped for the precision; OpenVINO runs it where the CPU can.
+    match engine(&model, ProviderChoice::Auto, Precision::Bf16) {
+        Ok(e) => {
+            assert!(cpu_has_bf16(), "bf16 ran on a CPU without bf16 flags");
+            assert_eq!((e.provider(), e.precision()), (Provider::OpenVino, Precision::Bf16));
+            let skipped: Vec<Provider> = e.skipped_providers().iter().map(|(p, _)| *p).collect();
+            assert_eq!(skipped, [Provider::TensorRt, Provider::Cuda, Provider::Cpu]);
+            let (_, why) = &e.skipped_providers()[2];
+            assert!(why.contains("runs f32 only, not bf16; bf16 needs OpenVINO CPU"), "{why}");
+        }
+        Err(e) => {
+            assert!(!cpu_has_bf16(), "this CPU has bf16 but auto found no provider for it: {e}");
+            let e = e.to_string();
+            eprintln!("{e}");
+            assert!(e.starts_with("provider auto is not available: tensorrt: "), "{e}");
+            for expected in [
+                "cpu: ONNX Runtime CPU execution provider runs f32 only, not bf16; bf16 needs OpenVINO CPU",
+                "openvino: ",
+                "does not report BF16",
+                "tract: tract (pure Rust) runs f32 only, not bf16",
+            ] {
+                assert!(e.contains(expected), "missing '{expected}' in: {e}");
+            }
+        }
+    }
+    // fp16 is TensorRT's: an explicit CPU provider says so.
+    let err = engine(&model, ProviderChoice::Only(Provider::OpenVino), Precision::Fp16).err().unwrap().to_string();
+    assert!(
+        err.contains(
+            "OpenVINO CPU runs f32 or bf16 only, not fp16; fp16 needs ONNX Runtime TensorRT execution provider"
+        ),
+        "{err}"
+    );
+}
+
+// ---- The CLI, in fresh processes: which library a process loads is process-wide. --------------
+
+/// `medpatch` with neither ONNX Runtime nor OpenVINO findable unless the caller adds them.
+fn bare_medpatch() -> Command {
+    let mut cli = Command::new(env!("CARGO_BIN_EXE_medpatch"));
+    cli.current_dir(repo_root());
+    for var in
+        ["ORT_DYLIB_PATH", "OPENVINO_LIB_PATH", "VIRTUAL_ENV", "CONDA_PREFIX", "INTEL_OPENVINO_DIR", "LD_LIBRARY_PATH"]
+    {
+        cli.env_remove(var);
+    }
+    cli
+}
+
+fn run(cli: &mut Command, args: &[&str]) -> (Output, String) {
+    let out = cli.args(args).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    (out, stderr)
+}
+
+fn provider_of(out: &Output) -> String {
+    let record: serde_json::Value = serde_json::from_slice(out.stdout.trim_ascii()).unwrap();
+    record["provider"].as_str().unwrap().to_string()
+}
+
+const XRAY: &str = "assets/00001369_000.png";
+
+#[test]
+fn without_openvino_auto_skips_it_naming_what_to_install_and_an_explicit_request_fails() {
+    let (out, stderr) = run(&mut bare_medpatch(), &["predict", XRAY]);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(provider_of(&out), "tract");
+    let line = stderr
+        .lines()
+        .find(|l| l.starts_with("medpatch: provider openvino skipped:"))
+        .unwrap_or_else(|| panic!("{stderr}"));
+    for needed in ["OpenVINO library not found", "pip install openvino", "OPENVINO_LIB_PATH", "--openvino-lib"] {
+        assert!(line.contains(needed), "'{needed}' missing from: {line}");
+    }
+    let (out, stderr) = run(&mut bare_medpatch(), &["predict", "--provider", "openvino", XRAY]);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("provider openvino is not available: OpenVINO library not found"), "{stderr}");
+    let (out, stderr) = run(
+        &mut bare_medpatch(),
+        &["predict", "--provider", "openvino", "--openvino-lib", "/nonexistent/libopenvino_c.so", XRAY],
+    );
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("OpenVINO library /nonexistent/libopenvino_c.so does not exist"), "{stderr}");
+    // bf16 with nothing that runs it: auto ends on an error listing every provider's reason.
+    let (out, stderr) = run(&mut bare_medpatch(), &["predict", "--precision", "bf16", XRAY]);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("provider auto is not available") && stderr.contains("openvino: OpenVINO library not found"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn the_active_python_environment_and_the_variable_find_openvino() {
+    let venv = repo_root().join(".venv");
+    let (out, stderr) = run(bare_medpatch().env("VIRTUAL_ENV", &venv), &["predict", "--provider", "openvino", XRAY]);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(provider_of(&out), "openvino");
+    assert!(stderr.contains("medpatch: provider: openvino, OpenVINO CPU, precision f32"), "{stderr}");
+    let record: serde_json::Value = serde_json::from_slice(out.stdout.trim_ascii()).unwrap();
+    assert_eq!(record["precision"], "f32");
+    // The variable may name the wheel's folder (its library has a versioned name) or the file.
+    let libs = venv_openvino_libs();
+    let file = std::fs::read_dir(&libs)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.file_name().unwrap().to_string_lossy().starts_with("libopenvino_c.so"))
+        .unwrap();
+    for value in [libs.as_path(), file.as_path()] {
+        let (out, stderr) =
+            run(bare_medpatch().env("OPENVINO_LIB_PATH", value), &["predict", "--provider", "openvino", XRAY]);
+        assert!(out.status.success(), "OPENVINO_LIB_PATH={}: {stderr}", value.display());
+    }
+    // auto with OpenVINO but no ONNX Runtime: OpenVINO, not tract.
+    let (out, stderr) = run(bare_medpatch().env("VIRTUAL_ENV", &venv), &["predict", XRAY]);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(provider_of(&out), "openvino", "{stderr}");
+    assert!(stderr.contains("provider cpu skipped: ONNX Runtime library not found"), "{stderr}");
+}
+
+#[test]
+fn precision_on_the_command_line() {
+    // An unknown precision is a usage error (exit 2) that lists the known ones.
+    let (out, stderr) = run(&mut bare_medpatch(), &["predict", "--precision", "int8", XRAY]);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("unknown precision 'int8': use f32, bf16, fp16"), "{stderr}");
+    // The TensorRT-only flag is gone: precision is one option for every provider.
+    let (out, _) = run(&mut bare_medpatch(), &["predict", "--trt-fp16", XRAY]);
+    assert_eq!(out.status.code(), Some(2));
+    // An explicit provider that cannot run the precision: an error naming why.
+    let (out, stderr) = run(&mut bare_medpatch(), &["predict", "--provider", "tract", "--precision", "fp16", XRAY]);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("provider tract is not available: tract (pure Rust) runs f32 only, not fp16; fp16 needs ONNX Runtime TensorRT execution provider"),
+        "{stderr}"
+    );
+    // bf16 under auto, as a user runs it: OpenVINO where the CPU has bf16, else an error naming why.
+    let venv = repo_root().join(".venv");
+    let ort = ort_library();
+    let (out, stderr) = run(
+        bare_medpatch().env("VIRTUAL_ENV", &venv),
+        &["predict", "--precision", "bf16", "--ort-lib", ort.to_str().unwrap(), XRAY],
+    );
+    if cpu_has_bf16() {
+        assert!(out.status.success(), "{stderr}");
+        assert_eq!(provider_of(&out), "openvino");
+        assert!(stderr.contains("provider cpu skipped: ONNX Runtime CPU execution provider runs f32 only, not bf16"));
+        assert!(stderr.contains("bf16 self-check on 64 fixed patches against openvino f32"), "{stderr}");
+    } else {
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert!(stderr.contains("cpu: ONNX Runtime CPU execution provider runs f32 only, not bf16"), "{stderr}");
+        assert!(stderr.contains("openvino: ") && stderr.contains("does not report BF16 in OpenVINO's"), "{stderr}");
+    }
+}
