@@ -5,7 +5,7 @@
 #![allow(unsafe_code)]
 
 use medpatch::*;
-use medpatch_engine::{Engine, Input, ProviderChoice};
+use ::medpatch_engine::{Engine, Input, ProviderChoice};
 use std::ffi::CString;
 use std::path::PathBuf;
 use std::ptr::null_mut;
