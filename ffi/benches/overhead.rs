@@ -4,8 +4,8 @@
 //!   cargo bench -p medpatch-ffi --bench overhead            (ORT_DYLIB_PATH set: ONNX Runtime CPU, else tract)
 #![allow(unsafe_code)]
 
-use medpatch::*;
 use ::medpatch_engine::{Engine, Input, ProviderChoice};
+use medpatch::*;
 use std::ffi::CString;
 use std::path::PathBuf;
 use std::ptr::null_mut;

@@ -321,7 +321,13 @@ impl Engine {
         })
     }
 
-    fn map(&self, py: Python<'_>, result: &PredictionResult, kind: MapKind, shift_steps: Option<usize>) -> PyResult<Vec<f32>> {
+    fn map(
+        &self,
+        py: Python<'_>,
+        result: &PredictionResult,
+        kind: MapKind,
+        shift_steps: Option<usize>,
+    ) -> PyResult<Vec<f32>> {
         match shift_steps {
             None => {
                 let prediction = self.prediction(py, result, false)?;
@@ -405,37 +411,45 @@ impl Engine {
         PredictionResult::new(py, prediction, self.classes.clone())
     }
 
-    /// Predict many X-rays in batches (their patches go through the backend together). Returns
-    /// one item per input, in order: a Result, or the exception object for an input that failed
-    /// (not raised), so one bad file does not lose the others.
-    #[pyo3(signature = (images, *, images_per_batch=4))]
+    /// Predict many X-rays in batches (their patches go through the backend together, and the
+    /// next images are decoded meanwhile). Returns one item per input, in order: a Result, or the
+    /// exception object for an input that failed (not raised), so one bad file does not lose the
+    /// others. images_per_batch: default from the engine's batch_size (256 patches = 4 images).
+    #[pyo3(signature = (images, *, images_per_batch=None))]
     fn predict_many(
         &self,
         py: Python<'_>,
         images: &Bound<'_, PyAny>,
-        images_per_batch: usize,
+        images_per_batch: Option<usize>,
     ) -> PyResult<Vec<Py<PyAny>>> {
         let mut converted = Vec::new();
         for item in images.try_iter()? {
             converted.push(OwnedInput::from_python(&item?));
         }
+        let valid: Vec<Input<'_>> = converted.iter().flatten().map(OwnedInput::as_input).collect();
+        let per_batch = images_per_batch.unwrap_or_else(|| self.engine.images_per_batch());
+        // Pipelined, without the GIL: the next images are decoded while the backend runs.
+        let mut predictions = Vec::with_capacity(valid.len());
+        detached(py, || {
+            self.engine
+                .predict_pipelined(&valid, per_batch, |_, r| -> Result<(), EngineError> {
+                    predictions.push(r);
+                    Ok(())
+                })
+                .map(|()| ())
+        })?;
+        let mut predictions = predictions.into_iter();
         let mut out = Vec::with_capacity(converted.len());
-        for batch in converted.chunks(images_per_batch.max(1)) {
-            let inputs: Vec<Option<Input<'_>>> =
-                batch.iter().map(|i| i.as_ref().ok().map(OwnedInput::as_input)).collect();
-            let valid: Vec<Input<'_>> = inputs.iter().flatten().copied().collect();
-            let mut predictions = detached(py, || Ok(self.engine.predict_batch(&valid)))?.into_iter();
-            for (item, input) in batch.iter().zip(&inputs) {
-                let object = match (item, input) {
-                    (Err(e), _) => e.clone_ref(py).into_value(py).into_any(),
-                    (Ok(_), _) => match predictions.next() {
-                        Some(Ok(p)) => Py::new(py, PredictionResult::new(py, p, self.classes.clone())?)?.into_any(),
-                        Some(Err(e)) => py_error(e).into_value(py).into_any(),
-                        None => Error::new_err("internal error: an input lost its result").into_value(py).into_any(),
-                    },
-                };
-                out.push(object);
-            }
+        for item in &converted {
+            let object = match item {
+                Err(e) => e.clone_ref(py).into_value(py).into_any(),
+                Ok(_) => match predictions.next() {
+                    Some(Ok(p)) => Py::new(py, PredictionResult::new(py, p, self.classes.clone())?)?.into_any(),
+                    Some(Err(e)) => py_error(e).into_value(py).into_any(),
+                    None => Error::new_err("internal error: an input lost its result").into_value(py).into_any(),
+                },
+            };
+            out.push(object);
         }
         Ok(out)
     }
