@@ -52,21 +52,19 @@ fn evaluate(b: &Benchmark, split: &str, out: &str, extra: &[&str]) -> (i32, Stri
         ("test_labels.csv", "gt_segmentations_test.json")
     };
     let out = b.dir.join(out);
-    let mut args = vec![
-        "evaluate",
-        "--csv",
+    let mut args: Vec<String> = vec![
+        "evaluate".into(),
+        "--csv".into(),
         s(&b.root.join(csv)).to_string(),
-        "--gt",
+        "--gt".into(),
         s(&b.root.join(gt)).to_string(),
-        "--out",
+        "--out".into(),
         s(&out).to_string(),
-        "--bootstrap",
-        "2000".into(),
         "--quiet".into(),
-    ]
-    .into_iter()
-    .map(String::from)
-    .collect::<Vec<_>>();
+    ];
+    if !extra.contains(&"--bootstrap") {
+        args.extend(["--bootstrap".to_string(), "2000".to_string()]);
+    }
     args.extend(extra.iter().map(|a| a.to_string()));
     medpatch(&args.iter().map(String::as_str).collect::<Vec<_>>())
 }

@@ -145,7 +145,7 @@ fn bootstrap_equals_a_numpy_transcription_on_the_same_indices() {
 fn resize_equals_torch_bit_for_bit() {
     let dir = common::scratch("eval-parity-resize");
     let mut rng = Rng::new(2);
-    let cases = [(8, 8, 2828, 2320), (8, 8, 320, 390), (512, 512, 300, 260), (16, 16, 1700, 2048), (64, 64, 37, 100)];
+    let cases = [(8, 8, 707, 580), (8, 8, 320, 390), (512, 512, 300, 260), (16, 16, 425, 512), (64, 64, 37, 100)];
     let maps: Vec<Vec<f32>> =
         cases.iter().map(|&(w, h, ..)| (0..w * h).map(|_| rng.normal() as f32).collect()).collect();
     let spec: Vec<Value> = cases

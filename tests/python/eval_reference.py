@@ -103,8 +103,9 @@ def bootstrap(args):
             per_metric[1].append((tp + tn) / len(rl))
             per_metric[2].append(tp / p if p > 0 else math.nan)
             per_metric[3].append(tn / n if n > 0 else math.nan)
-        out["values"].append(per_metric)
         out["intervals"].append([summarize(v) for v in per_metric])
+        # JSON has no NaN: undefined values are null.
+        out["values"].append([[None if math.isnan(v) else v for v in metric] for metric in per_metric])
     json.dump(out, open(args.out, "w"))
 
 
