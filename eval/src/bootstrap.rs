@@ -66,13 +66,12 @@ fn multiplicities(seed: u64, r: u64, counts: &mut [u32]) {
     }
 }
 
-/// A class prepared for the O(n) pass: sample indices in increasing score order, split into runs
-/// of equal scores, with the label and the thresholded prediction of each.
+/// A class prepared for the O(n) pass: in increasing score order, each sample's index, a code
+/// (bit 1: label, bit 0: predicted positive) and whether it ends a run of equal scores.
 struct Prepared {
-    /// (sample index, label, predicted positive)
-    sorted: Vec<(u32, bool, bool)>,
-    /// End (exclusive) of each run of equal scores in `sorted`.
-    run_ends: Vec<u32>,
+    index: Vec<u32>,
+    code: Vec<u8>,
+    ends_run: Vec<bool>,
     has_threshold: bool,
 }
 
@@ -82,40 +81,33 @@ impl Prepared {
         let mut order: Vec<usize> = (0..n).collect();
         order.sort_by(|&a, &b| class.scores[a].total_cmp(&class.scores[b]));
         let predict = |i: usize| class.threshold.is_some_and(|t| rule.positive(class.scores[i], t));
-        let sorted = order.iter().map(|&i| (i as u32, class.labels[i], predict(i))).collect();
-        let run_ends = (0..n)
-            .filter(|&k| k + 1 == n || class.scores[order[k + 1]] != class.scores[order[k]])
-            .map(|k| k as u32 + 1)
-            .collect();
-        Self { sorted, run_ends, has_threshold: class.threshold.is_some() }
+        Self {
+            index: order.iter().map(|&i| i as u32).collect(),
+            code: order.iter().map(|&i| ((class.labels[i] as u8) << 1) | predict(i) as u8).collect(),
+            ends_run: (0..n).map(|k| k + 1 == n || class.scores[order[k + 1]] != class.scores[order[k]]).collect(),
+            has_threshold: class.threshold.is_some(),
+        }
     }
 
     /// The four metrics on a resample given by its multiplicities (NaN where undefined).
     fn evaluate(&self, counts: &[u32], out: &mut [f64]) {
+        // by_code[label·2 + predicted]: fn… counts of (negative, not predicted) = tn, (negative,
+        // predicted) = fp, (positive, not predicted) = fn, (positive, predicted) = tp.
+        let mut by_code = [0u64; 4];
         let (mut neg_below, mut auc2) = (0u64, 0u64);
-        let (mut tp, mut fp, mut tn, mut fn_) = (0u64, 0u64, 0u64, 0u64);
-        let mut start = 0usize;
-        for &end in &self.run_ends {
-            let (mut run_pos, mut run_neg) = (0u64, 0u64);
-            for &(i, label, predicted) in &self.sorted[start..end as usize] {
-                let c = counts[i as usize] as u64;
-                match (label, predicted) {
-                    (true, true) => tp += c,
-                    (true, false) => fn_ += c,
-                    (false, true) => fp += c,
-                    (false, false) => tn += c,
-                }
-                if label {
-                    run_pos += c;
-                } else {
-                    run_neg += c;
-                }
+        let mut run = [0u64; 2]; // [negatives, positives] in the current run of equal scores
+        for ((&i, &code), &end) in self.index.iter().zip(&self.code).zip(&self.ends_run) {
+            let c = counts[i as usize] as u64;
+            by_code[code as usize] += c;
+            run[(code >> 1) as usize] += c;
+            if end {
+                // Positives beat every negative below them and tie half with those in the run.
+                auc2 += run[1] * (2 * neg_below + run[0]);
+                neg_below += run[0];
+                run = [0, 0];
             }
-            // Positives beat every negative below them and tie half with those in the run.
-            auc2 += run_pos * (2 * neg_below + run_neg);
-            neg_below += run_neg;
-            start = end as usize;
         }
+        let [tn, fp, fn_, tp] = by_code;
         let (p, q) = (tp + fn_, tn + fp);
         out[0] = if p > 0 && q > 0 { auc2 as f64 / (2 * p * q) as f64 } else { f64::NAN };
         if self.has_threshold {
@@ -206,10 +198,10 @@ pub fn summarize(values: impl Iterator<Item = f64>) -> Option<Interval> {
     if defined.is_empty() {
         return None;
     }
-    defined.sort_by(f64::total_cmp);
     let m = defined.len();
-    let at = |q: f64| defined[python_round(m as f64 * q).min(m - 1)];
     let mean = defined.iter().sum::<f64>() / m as f64;
+    // Order statistics by selection (O(m)) rather than a full sort.
+    let mut at = |q: f64| *defined.select_nth_unstable_by(python_round(m as f64 * q).min(m - 1), f64::total_cmp).1;
     Some(Interval { low: at(0.025), high: at(0.975), median: at(0.5), mean, defined: m, undefined })
 }
 
