@@ -82,6 +82,8 @@ fn compare_localization(report: &Value, reference: &Value, thresholds_checked: b
         maps += t["maps"].as_u64().unwrap() as usize;
         assert_eq!(t["hit_cases"], r["hit_cases"], "{name}: images counted for the hit rate");
         assert_eq!(t["hit_rate"].as_f64(), r["hit_rate"].as_f64(), "{name}: hit rate");
+        // CheXlocalize's own 1,000-replicate summary (numpy seed 0), rounded to 3 decimals.
+        assert_eq!(t["hit_rate_chexlocalize"], r["hit_rate_chexlocalize"], "{name}: CheXlocalize hit-rate summary");
         for key in ["tp_fp_fn", "tp_only"] {
             assert_eq!(
                 t["tuned"][key]["threshold"].as_f64(),
@@ -92,6 +94,7 @@ fn compare_localization(report: &Value, reference: &Value, thresholds_checked: b
                 let (a, b) = (&t["miou"][key], &r["miou"][key]);
                 assert_eq!(a["cases"], b["cases"], "{name} {key}: IoU cases");
                 assert_eq!(a["threshold"].as_f64(), b["threshold"].as_f64());
+                assert_eq!(a["chexlocalize"], b["chexlocalize"], "{name} {key}: CheXlocalize mIoU summary");
                 match (a["miou"].as_f64(), b["miou"].as_f64()) {
                     (Some(x), Some(y)) => worst = worst.max((x - y).abs()),
                     (x, y) => assert_eq!(x, y, "{name} {key}: mIoU defined"),

@@ -6,6 +6,8 @@
 //! `int(0.025·1000) − 1` and `int(0.975·1000) − 1` and their mean, each rounded to 3 decimals.
 //! The paper's Tables 2–3 report these means.
 
+use crate::localization::nanmean;
+
 /// MT19937 as numpy's legacy `RandomState` runs it.
 pub struct Mt19937 {
     state: [u32; 624],
@@ -79,14 +81,9 @@ pub fn summarize(values: &[Vec<f64>], replicates: usize, seed: u32) -> Vec<Optio
             *s = rng.below(n as u32) as usize;
         }
         for (task, column) in values.iter().enumerate() {
-            let (mut sum, mut count) = (0.0, 0usize);
-            for &i in &sample {
-                if !column[i].is_nan() {
-                    sum += column[i];
-                    count += 1;
-                }
-            }
-            means[task].push(if count > 0 { sum / count as f64 } else { f64::NAN });
+            // pandas' skipna mean: NaN filled with 0, numpy's pairwise sum, over the count.
+            let drawn: Vec<f64> = sample.iter().map(|&i| column[i]).collect();
+            means[task].push(nanmean(&drawn));
         }
     }
     means
@@ -97,13 +94,13 @@ pub fn summarize(values: &[Vec<f64>], replicates: usize, seed: u32) -> Vec<Optio
                 (false, false) => a.total_cmp(b),
                 (a, b) => a.cmp(&b),
             });
-            let defined: Vec<f64> = m.iter().copied().filter(|v| !v.is_nan()).collect();
-            if defined.is_empty() {
+            if m.iter().all(|v| v.is_nan()) {
                 return None;
             }
             let index = |q: f64| ((q * replicates as f64) as usize).saturating_sub(1);
-            let round3 = |v: f64| (v * 1000.0).round() / 1000.0;
-            let mean = defined.iter().sum::<f64>() / defined.len() as f64;
+            // numpy's round: half to even.
+            let round3 = |v: f64| (v * 1000.0).round_ties_even() / 1000.0;
+            let mean = nanmean(&m);
             Some(Summary { lower: round3(m[index(0.025)]), mean: round3(mean), upper: round3(m[index(0.975)]) })
         })
         .collect()

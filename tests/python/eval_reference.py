@@ -195,6 +195,30 @@ def seed_search(cases, true_pos_only):
     return best
 
 
+def chexlocalize_summary(columns):
+    """eval.py bootstrap_metric + compute_cis: np.random.seed(0), 1000 replicates of
+    np.random.choice over the rows (shared by all tasks), skipna means, CIs at sorted[24], sorted[974]."""
+    n = len(next(iter(columns.values())))
+    np.random.seed(0)
+    means = {task: [] for task in columns}
+    for _ in range(1000):
+        sample_ids = np.random.choice(n, size=n, replace=True)
+        for task, column in columns.items():
+            drawn = column[sample_ids]
+            means[task].append(np.nanmean(drawn) if np.any(~np.isnan(drawn)) else np.nan)
+    out = {}
+    for task, m in means.items():
+        s = np.sort(np.array(m))  # NaN last, as pandas sort_values
+        if np.all(np.isnan(s)):
+            out[task] = None
+            continue
+        lower, upper = s[int(0.05 / 2 * len(s)) - 1], s[int((1 - 0.05 / 2) * len(s)) - 1]
+        clean = lambda v: None if np.isnan(v) else float(v)
+        out[task] = {"lower": clean(np.round(lower, 3)), "mean": clean(round(np.nanmean(s), 3)),
+                     "upper": clean(np.round(upper, 3))}
+    return out
+
+
 def chexlocalize(args):
     gt = json.load(open(args.gt))
     applied = {}
@@ -202,6 +226,7 @@ def chexlocalize(args):
         applied = json.load(open(args.thresholds)).get("localization", {})
     maps_dir = Path(args.maps)
     out = {"tasks": {}}
+    per_task = {}
     for task in LOCALIZATION_TASKS:
         cases, ids = [], []
         for cxr_id in sorted(gt.keys()):
@@ -228,6 +253,23 @@ def chexlocalize(args):
                 n = int(np.sum(~np.isnan(ious)))
                 entry["miou"][key] = {"threshold": t, "miou": float(np.nanmean(ious)) if n else None, "cases": n}
         out["tasks"][task] = entry
+        per_task[task] = dict(zip(ids, cases))
+    # CheXlocalize's summaries: rows are the images with a map for any task, sorted by id.
+    rows = sorted({i for cases in per_task.values() for i in cases})
+    hit_columns = {t: np.array([per_task[t][i].hit if i in per_task[t] else np.nan for i in rows], dtype=np.float64)
+                   for t in per_task}
+    for task, summary in chexlocalize_summary(hit_columns).items():
+        out["tasks"][task]["hit_rate_chexlocalize"] = summary
+    for key, tp_only in [("tp_fp_fn", False), ("tp_only", True)]:
+        columns = {}
+        for task in per_task:
+            t = applied.get(key, {}).get(task)
+            if t is not None:
+                columns[task] = np.array([per_task[task][i].iou(t, tp_only) if i in per_task[task] else np.nan
+                                          for i in rows], dtype=np.float64)
+        if columns:
+            for task, summary in chexlocalize_summary(columns).items():
+                out["tasks"][task]["miou"][key]["chexlocalize"] = summary
     json.dump(out, open(args.out, "w"), indent=1)
 
 
