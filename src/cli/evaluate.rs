@@ -804,7 +804,7 @@ fn bench(args: &EvaluateArgs) -> Result<ExitCode> {
         .zip(&labels)
         .map(|(s, l)| bootstrap::ClassInput { scores: s, labels: l, threshold: Some(0.6) })
         .collect();
-    let groups = vec![(0..10).collect(), (0..classes).collect()];
+    let groups = [(0..10).collect::<Vec<usize>>(), (0..classes).collect()];
     let options = BootstrapOptions { resamples: args.bootstrap, seed: args.seed, rule: ThresholdRule::Ge };
     let threads = rayon::current_num_threads();
     let started = Instant::now();
