@@ -1,0 +1,498 @@
+//! DICOM through dicom-rs: file layouts, transfer syntaxes, stored values → modality LUT → VOI.
+
+use super::limits::{check_dimensions, guarded};
+use super::{DecodeError, GrayImage};
+use dicom_dictionary_std::tags;
+use dicom_object::{DefaultDicomObject, FileMetaTableBuilder, OpenFileOptions, Tag, file::ReadPreamble};
+use dicom_pixeldata::{PixelDecoder, VoiLutFunction};
+
+/// How the DICOM bytes start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Layout {
+    /// 128-byte preamble, then `DICM` and the file meta group (the standard file format).
+    Preamble,
+    /// `DICM` and the file meta group, no preamble.
+    NoPreamble,
+    /// No file meta group at all: a bare data set starting at group 0008 (old ACR-NEMA
+    /// style exports), in implicit VR little endian.
+    BareImplicit,
+    /// A bare data set in explicit VR little endian.
+    BareExplicit,
+}
+
+const IMPLICIT_VR_LE: &str = "1.2.840.10008.1.2";
+const EXPLICIT_VR_LE: &str = "1.2.840.10008.1.2.1";
+
+/// A bare data set: the first element is in group 0008 (little endian), with a small element
+/// number, and either a plausible explicit VR or a plausible implicit length.
+pub(super) fn sniff_bare_dataset(bytes: &[u8]) -> Option<Layout> {
+    if bytes.len() < 8 || bytes[0..2] != [0x08, 0x00] || bytes[3] != 0x00 {
+        return None;
+    }
+    let vr = &bytes[4..6];
+    if vr.iter().all(|b| b.is_ascii_uppercase()) {
+        return Some(Layout::BareExplicit);
+    }
+    let len = u32::from_le_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]);
+    (len as usize <= bytes.len() - 8 || len == u32::MAX).then_some(Layout::BareImplicit)
+}
+
+pub(super) fn transfer_syntax_name(uid: &str) -> &'static str {
+    match uid {
+        "1.2.840.10008.1.2" => "Implicit VR Little Endian",
+        "1.2.840.10008.1.2.1" => "Explicit VR Little Endian",
+        "1.2.840.10008.1.2.1.98" => "Encapsulated Uncompressed Explicit VR Little Endian",
+        "1.2.840.10008.1.2.1.99" => "Deflated Explicit VR Little Endian",
+        "1.2.840.10008.1.2.2" => "Explicit VR Big Endian",
+        "1.2.840.10008.1.2.4.50" => "JPEG Baseline (Process 1)",
+        "1.2.840.10008.1.2.4.51" => "JPEG Extended (Process 2 & 4)",
+        "1.2.840.10008.1.2.4.57" => "JPEG Lossless (Process 14)",
+        "1.2.840.10008.1.2.4.70" => "JPEG Lossless SV1",
+        "1.2.840.10008.1.2.4.80" => "JPEG-LS Lossless",
+        "1.2.840.10008.1.2.4.81" => "JPEG-LS Near-Lossless",
+        "1.2.840.10008.1.2.4.90" => "JPEG 2000 Lossless Only",
+        "1.2.840.10008.1.2.4.91" => "JPEG 2000",
+        "1.2.840.10008.1.2.4.92" => "JPEG 2000 Multi-component Lossless Only",
+        "1.2.840.10008.1.2.4.93" => "JPEG 2000 Multi-component",
+        "1.2.840.10008.1.2.4.94" | "1.2.840.10008.1.2.4.95" => "JPIP referenced",
+        "1.2.840.10008.1.2.4.100" | "1.2.840.10008.1.2.4.101" => "MPEG-2 video",
+        "1.2.840.10008.1.2.4.102"
+        | "1.2.840.10008.1.2.4.103"
+        | "1.2.840.10008.1.2.4.104"
+        | "1.2.840.10008.1.2.4.105"
+        | "1.2.840.10008.1.2.4.106" => "MPEG-4 AVC/H.264 video",
+        "1.2.840.10008.1.2.4.107" | "1.2.840.10008.1.2.4.108" => "HEVC/H.265 video",
+        "1.2.840.10008.1.2.4.110" => "JPEG XL Lossless",
+        "1.2.840.10008.1.2.4.111" => "JPEG XL JPEG Recompression",
+        "1.2.840.10008.1.2.4.112" => "JPEG XL",
+        "1.2.840.10008.1.2.4.201" => "High-Throughput JPEG 2000 Lossless Only",
+        "1.2.840.10008.1.2.4.202" => "High-Throughput JPEG 2000 with RPCL Lossless Only",
+        "1.2.840.10008.1.2.4.203" => "High-Throughput JPEG 2000",
+        "1.2.840.10008.1.2.5" => "RLE Lossless",
+        _ => "unknown transfer syntax",
+    }
+}
+
+fn open(bytes: &[u8], layout: Layout) -> Result<DefaultDicomObject, DecodeError> {
+    let parse = |src: &[u8], preamble: ReadPreamble| {
+        guarded("DICOM", || {
+            OpenFileOptions::new().read_preamble(preamble).from_reader(src).map_err(|e| {
+                DecodeError::Dicom(format!(
+                    "cannot parse the file (truncated, damaged or not DICOM): {}",
+                    error_chain(&e)
+                ))
+            })
+        })
+    };
+    match layout {
+        Layout::Preamble => parse(bytes, ReadPreamble::Always),
+        Layout::NoPreamble => parse(bytes, ReadPreamble::Never),
+        Layout::BareImplicit | Layout::BareExplicit => {
+            // Give the data set the file meta group it lacks, then read it the normal way.
+            let ts = if layout == Layout::BareImplicit { IMPLICIT_VR_LE } else { EXPLICIT_VR_LE };
+            let meta = FileMetaTableBuilder::new()
+                .transfer_syntax(ts)
+                .media_storage_sop_class_uid("1.2.840.10008.5.1.4.1.1.7")
+                .media_storage_sop_instance_uid("2.25.0")
+                .implementation_class_uid("2.25.1")
+                .build()
+                .map_err(|e| DecodeError::Dicom(format!("internal error: {e}")))?;
+            let mut buf = b"DICM".to_vec();
+            meta.write(&mut buf).map_err(|e| DecodeError::Dicom(format!("internal error: {e}")))?;
+            buf.extend_from_slice(bytes);
+            parse(&buf, ReadPreamble::Never).map_err(|e| match e {
+                DecodeError::Dicom(m) => DecodeError::Dicom(format!(
+                    "no DICOM header (preamble/DICM) and not readable as a bare data set: {m}"
+                )),
+                other => other,
+            })
+        }
+    }
+}
+
+/// An error and its sources, `a: b: c` (dicom-rs keeps the useful detail in the sources).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut msg = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !msg.contains(&text) {
+            msg.push_str(": ");
+            msg.push_str(&text);
+        }
+        source = s.source();
+    }
+    msg
+}
+
+fn int_attr(obj: &DefaultDicomObject, tag: Tag) -> Result<Option<i64>, DecodeError> {
+    match obj.element_opt(tag) {
+        Ok(Some(e)) => e
+            .to_int::<i64>()
+            .map(Some)
+            .map_err(|err| DecodeError::Dicom(format!("attribute {tag} has an unreadable value: {err}"))),
+        Ok(None) => Ok(None),
+        Err(err) => Err(DecodeError::Dicom(format!("cannot read attribute {tag}: {err}"))),
+    }
+}
+
+fn str_attr(obj: &DefaultDicomObject, tag: Tag) -> Option<String> {
+    let e = obj.element_opt(tag).ok()??;
+    let s = e.to_str().ok()?;
+    Some(s.trim_matches(|c: char| c.is_whitespace() || c == '\0').to_uppercase())
+}
+
+pub(super) fn decode(bytes: &[u8], layout: Layout) -> Result<GrayImage, DecodeError> {
+    let obj = open(bytes, layout)?;
+    let ts_uid = obj.meta().transfer_syntax().to_string();
+    let ts_desc = format!("{} ({ts_uid})", transfer_syntax_name(&ts_uid));
+
+    // Everything we can refuse, refuse before touching the pixel data.
+    if obj.element_opt(tags::PIXEL_DATA).ok().flatten().is_none() {
+        let what = if obj.element_opt(tags::FLOAT_PIXEL_DATA).ok().flatten().is_some()
+            || obj.element_opt(tags::DOUBLE_FLOAT_PIXEL_DATA).ok().flatten().is_some()
+        {
+            "it holds floating-point pixel data, which is not supported"
+        } else {
+            "it holds no image (no Pixel Data element); is it a report, DICOMDIR or \
+             presentation state rather than a radiograph?"
+        };
+        return Err(DecodeError::Dicom(what.to_string()));
+    }
+    let samples = int_attr(&obj, tags::SAMPLES_PER_PIXEL)?.unwrap_or(1);
+    let photometric = str_attr(&obj, tags::PHOTOMETRIC_INTERPRETATION).unwrap_or_else(|| "MONOCHROME2".to_string());
+    if samples != 1 || !(photometric == "MONOCHROME1" || photometric == "MONOCHROME2") {
+        return Err(DecodeError::Dicom(format!(
+            "only grayscale images are supported, this one is {photometric} with \
+             {samples} samples per pixel"
+        )));
+    }
+    let frames = int_attr(&obj, tags::NUMBER_OF_FRAMES)?.unwrap_or(1);
+    if frames > 1 {
+        return Err(DecodeError::Dicom(format!(
+            "multi-frame images are not supported ({frames} frames); export the frame to \
+             analyse as a single-frame file"
+        )));
+    }
+    let rows = int_attr(&obj, tags::ROWS)?.ok_or_else(|| DecodeError::Dicom("the Rows attribute is missing".into()))?;
+    let cols =
+        int_attr(&obj, tags::COLUMNS)?.ok_or_else(|| DecodeError::Dicom("the Columns attribute is missing".into()))?;
+    if rows < 0 || cols < 0 {
+        return Err(DecodeError::Dicom(format!("invalid size {cols}×{rows}")));
+    }
+    check_dimensions(cols as u64, rows as u64)?;
+    let bits_allocated = int_attr(&obj, tags::BITS_ALLOCATED)?.unwrap_or(0);
+    if !matches!(bits_allocated, 8 | 16 | 32) {
+        return Err(DecodeError::Dicom(format!("Bits Allocated {bits_allocated} is not supported (8, 16 or 32 are)")));
+    }
+    if obj.element_opt(tags::MODALITY_LUT_SEQUENCE).ok().flatten().is_some() {
+        return Err(DecodeError::Dicom("a Modality LUT Sequence (non-linear modality LUT) is not supported".into()));
+    }
+
+    let px = guarded("DICOM", || {
+        obj.decode_pixel_data().map_err(|e| {
+            DecodeError::Dicom(format!(
+                "cannot decode the pixel data, transfer syntax {ts_desc}: {}; if the \
+                 syntax is unsupported, convert the file to an uncompressed one (e.g. \
+                 `gdcmconv --raw in.dcm out.dcm` or `dcmconv +te in.dcm out.dcm`)",
+                error_chain(&e)
+            ))
+        })
+    })?;
+
+    let (width, height) = (cols as u32, rows as u32);
+    if px.rows() != height || px.columns() != width || px.samples_per_pixel() != 1 {
+        return Err(DecodeError::Dicom(format!(
+            "decoded pixel data is {}×{}×{} but the header says {width}×{height}×1",
+            px.columns(),
+            px.rows(),
+            px.samples_per_pixel()
+        )));
+    }
+    let n = width as usize * height as usize;
+    let bytes_per = px.bits_allocated() as usize / 8;
+    if !matches!(bytes_per, 1 | 2 | 4) {
+        return Err(DecodeError::Dicom(format!("decoded pixel data has {} bits allocated", px.bits_allocated())));
+    }
+    let data = px.data();
+    if data.len() < n * bytes_per {
+        return Err(DecodeError::Corrupt {
+            format: "DICOM",
+            detail: format!(
+                "pixel data holds {} bytes, {} are needed for {width}×{height} samples of \
+                 {} bits",
+                data.len(),
+                n * bytes_per,
+                bytes_per * 8
+            ),
+        });
+    }
+
+    // Stored values: keep Bits Stored bits, sign-extend if signed.
+    let bits_stored = (px.bits_stored() as u32).clamp(1, bytes_per as u32 * 8);
+    let signed = px.pixel_representation() == dicom_pixeldata::PixelRepresentation::Signed;
+    let shift = 64 - bits_stored;
+    let stored = |raw: u64| -> f64 {
+        if signed { (((raw << shift) as i64) >> shift) as f64 } else { ((raw << shift) >> shift) as f64 }
+    };
+    let rescale = px
+        .rescale()
+        .ok()
+        .and_then(|r| r.first().copied())
+        .unwrap_or(dicom_pixeldata::Rescale { slope: 1.0, intercept: 0.0 });
+    let mut values: Vec<f64> = Vec::with_capacity(n);
+    let samples_iter = data[..n * bytes_per].chunks_exact(bytes_per).map(|c| match c.len() {
+        1 => c[0] as u64,
+        2 => u16::from_ne_bytes([c[0], c[1]]) as u64,
+        _ => u32::from_ne_bytes([c[0], c[1], c[2], c[3]]) as u64,
+    });
+    values.extend(samples_iter.map(|raw| stored(raw) * rescale.slope + rescale.intercept));
+
+    // VOI: table first, then window, else min-max.
+    let lut = px.voi_lut_sequence().ok().flatten().and_then(|l| l.first().cloned());
+    let window = px
+        .window()
+        .ok()
+        .flatten()
+        .and_then(|w| w.first().copied())
+        .filter(|w| w.center.is_finite() && w.width.is_finite());
+    let function =
+        px.voi_lut_function().ok().flatten().and_then(|f| f.first().copied()).unwrap_or(VoiLutFunction::Linear);
+    let window = window.filter(|w| match function {
+        VoiLutFunction::Linear => w.width >= 1.0,
+        _ => w.width > 0.0,
+    });
+
+    let mut out: Vec<f32> = if let Some(lut) = lut.filter(|l| !l.data.is_empty()) {
+        let top = ((1u64 << lut.bits_stored.clamp(1, 16)) - 1) as f64;
+        let last = lut.data.len() as i64 - 1;
+        values
+            .iter()
+            .map(|&v| {
+                let idx = (v.floor() as i64 - lut.min_pixel_value as i64).clamp(0, last);
+                (lut.data[idx as usize] as f64 / top).clamp(0.0, 1.0) as f32
+            })
+            .collect()
+    } else if let Some(w) = window {
+        let (c, width) = match function {
+            VoiLutFunction::Linear => (w.center - 0.5, w.width - 1.0),
+            _ => (w.center, w.width),
+        };
+        values
+            .iter()
+            .map(|&x| {
+                let y = match function {
+                    VoiLutFunction::Sigmoid => 1.0 / (1.0 + (-4.0 * (x - w.center) / w.width).exp()),
+                    _ => {
+                        if x <= c - width / 2.0 {
+                            0.0
+                        } else if x > c + width / 2.0 {
+                            1.0
+                        } else {
+                            (x - c) / width + 0.5
+                        }
+                    }
+                };
+                y.clamp(0.0, 1.0) as f32
+            })
+            .collect()
+    } else {
+        let (lo, hi) = values.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &v| (lo.min(v), hi.max(v)));
+        let range = hi - lo;
+        values.iter().map(|&v| if range > 0.0 { ((v - lo) / range) as f32 } else { 0.0 }).collect()
+    };
+    if photometric == "MONOCHROME1" {
+        for v in &mut out {
+            *v = 1.0 - *v;
+        }
+    }
+    Ok(GrayImage { width, height, pixels: out })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decode::decode_bytes;
+    use crate::decode::test_support::*;
+
+    #[test]
+    fn dicom_min_max_and_monochrome1() {
+        let px = words(&[100, 200, 300, 500]);
+        let im = decode_bytes(&dicom_file(2, 2, "MONOCHROME2", 1, 16, &px), "d").unwrap();
+        assert_eq!((im.width, im.height), (2, 2));
+        assert_eq!(im.pixels, vec![0.0, 0.25, 0.5, 1.0]);
+        let im = decode_bytes(&dicom_file(2, 2, "MONOCHROME1", 1, 16, &px), "d").unwrap();
+        assert_eq!(im.pixels, vec![1.0, 0.75, 0.5, 0.0]);
+        // without the preamble
+        let full = dicom_file(2, 2, "MONOCHROME2", 1, 16, &px);
+        let im = decode_bytes(&full[128..], "d").unwrap();
+        assert_eq!(im.pixels, vec![0.0, 0.25, 0.5, 1.0]);
+        // a bare data set (explicit VR, no meta group)
+        let bare = dicom_dataset(2, 2, "MONOCHROME2", 1, 16, &[], &px);
+        let im = decode_bytes(&bare, "d").unwrap();
+        assert_eq!(im.pixels, vec![0.0, 0.25, 0.5, 1.0]);
+        // a bare data set in implicit VR little endian
+        let mut implicit = Vec::new();
+        for (g, e, v) in [
+            (0x0008u16, 0x0060u16, b"CR".to_vec()),
+            (0x0028, 0x0002, us(1)),
+            (0x0028, 0x0004, b"MONOCHROME2 ".to_vec()),
+            (0x0028, 0x0010, us(2)),
+            (0x0028, 0x0011, us(2)),
+            (0x0028, 0x0100, us(16)),
+            (0x0028, 0x0101, us(16)),
+            (0x0028, 0x0102, us(15)),
+            (0x0028, 0x0103, us(0)),
+            (0x7FE0, 0x0010, px.clone()),
+        ] {
+            implicit.extend_from_slice(&g.to_le_bytes());
+            implicit.extend_from_slice(&e.to_le_bytes());
+            implicit.extend_from_slice(&(v.len() as u32).to_le_bytes());
+            implicit.extend_from_slice(&v);
+        }
+        let im = decode_bytes(&implicit, "d").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(im.pixels, vec![0.0, 0.25, 0.5, 1.0]);
+        // something that merely starts like a bare data set
+        let fake = [0x08, 0x00, 0x05, 0x00, 0x04, 0, 0, 0, 1, 2, 3, 4];
+        let e = decode_bytes(&fake, "notes.txt").unwrap_err();
+        assert!(matches!(e, DecodeError::UnsupportedFormat { .. }), "{e}");
+        let e = decode_bytes(&fake, "scan.DCM").unwrap_err();
+        assert!(matches!(e, DecodeError::Dicom(_)), "{e}");
+        // 8-bit
+        let im = decode_bytes(&dicom_file(1, 2, "MONOCHROME2", 1, 8, &[10, 20]), "d").unwrap();
+        assert_eq!(im.pixels, vec![0.0, 1.0]);
+    }
+
+    #[test]
+    fn dicom_rescale_then_window() {
+        // values 0, 1000, 2000, 3000 -> rescale *2 - 1000 -> -1000, 1000, 3000, 5000
+        // window centre 1000.5, width 2001 (LINEAR: c - 0.5 = 1000, w - 1 = 2000):
+        // y = (x - 1000) / 2000 + 0.5, clipped: 0, 0.5, 1, 1
+        let extra = vec![
+            (0x0028, 0x1050, *b"DS", b"1000.5\\40".to_vec()),
+            (0x0028, 0x1051, *b"DS", b"2001\\80".to_vec()),
+            (0x0028, 0x1052, *b"DS", b"-1000".to_vec()),
+            (0x0028, 0x1053, *b"DS", b"2".to_vec()),
+        ];
+        let px = words(&[0, 1000, 2000, 3000]);
+        let ds = dicom_dataset(1, 4, "MONOCHROME2", 1, 16, &extra, &px);
+        let im = decode_bytes(&dicom_with_meta(&ds), "d").unwrap();
+        assert_eq!(im.pixels, vec![0.0, 0.5, 1.0, 1.0]);
+        let ds = dicom_dataset(1, 4, "MONOCHROME1", 1, 16, &extra, &px);
+        let im = decode_bytes(&dicom_with_meta(&ds), "d").unwrap();
+        assert_eq!(im.pixels, vec![1.0, 0.5, 0.0, 0.0]);
+    }
+
+    #[test]
+    fn dicom_unused_high_bits_are_masked() {
+        // Bits Stored 12 in 16 allocated: bit 15 set (e.g. an old overlay bit) must be ignored.
+        let mut ds = Vec::new();
+        let px = words(&[0x8000, 0x8FFF, 0x0800]);
+        for (g, e, vr, v) in [
+            (0x0028u16, 0x0002u16, *b"US", us(1)),
+            (0x0028, 0x0004, *b"CS", b"MONOCHROME2".to_vec()),
+            (0x0028, 0x0010, *b"US", us(1)),
+            (0x0028, 0x0011, *b"US", us(3)),
+            (0x0028, 0x0100, *b"US", us(16)),
+            (0x0028, 0x0101, *b"US", us(12)),
+            (0x0028, 0x0102, *b"US", us(11)),
+            (0x0028, 0x0103, *b"US", us(0)),
+            (0x7FE0, 0x0010, *b"OW", px),
+        ] {
+            element(&mut ds, g, e, &vr, &v);
+        }
+        let im = decode_bytes(&dicom_with_meta(&ds), "d").unwrap();
+        assert_eq!(im.pixels, vec![0.0, 1.0, 2048.0 / 4095.0]);
+    }
+
+    #[test]
+    fn dicom_refusals_are_clear() {
+        let rgb = dicom_file(1, 1, "RGB", 3, 8, &[1, 2, 3]);
+        let e = decode_bytes(&rgb, "c").unwrap_err();
+        assert!(matches!(e, DecodeError::Dicom(ref m) if m.contains("grayscale")), "{e}");
+
+        let extra = vec![(0x0028, 0x0008, *b"IS", b"3".to_vec())];
+        let ds = dicom_dataset(1, 1, "MONOCHROME2", 1, 8, &extra, &[1, 2, 3, 0]);
+        let e = decode_bytes(&dicom_with_meta(&ds), "m").unwrap_err();
+        assert!(e.to_string().contains("multi-frame"), "{e}");
+
+        // header claims 16384 x 16384 x 16 bits (512 MiB) with 8 bytes of pixel data: refused
+        // without allocating the buffer
+        let ds = dicom_file(16384, 16384, "MONOCHROME2", 1, 16, &[0; 8]);
+        let e = decode_bytes(&ds, "short").unwrap_err();
+        assert!(matches!(e, DecodeError::Corrupt { .. } | DecodeError::Dicom(_)), "{e}");
+
+        // 65535 x 65535: over the limit, refused before decoding
+        let ds = dicom_file(65535, 65535, "MONOCHROME2", 1, 16, &[0; 8]);
+        assert!(matches!(decode_bytes(&ds, "bomb"), Err(DecodeError::TooLarge { .. })));
+
+        // no pixel data
+        let mut ds = Vec::new();
+        element(&mut ds, 0x0008, 0x0060, b"CS", b"SR");
+        let e = decode_bytes(&dicom_with_meta(&ds), "sr").unwrap_err();
+        assert!(e.to_string().contains("no image"), "{e}");
+    }
+
+    #[test]
+    fn truncated_dicom_is_an_error() {
+        let px = words(&(0..64 * 64).map(|v| v as u16).collect::<Vec<_>>());
+        let full = dicom_file(64, 64, "MONOCHROME2", 1, 16, &px);
+        assert!(decode_bytes(&full, "ok").is_ok());
+        for cut in [132, 140, 200, 300, full.len() / 2, full.len() - 1] {
+            let r = decode_bytes(&full[..cut], "t");
+            assert!(r.is_err(), "DICOM cut at {cut} decoded");
+        }
+        // garbage after a valid preamble
+        let mut junk = vec![0u8; 128];
+        junk.extend_from_slice(b"DICM");
+        junk.extend((0..500).map(|i| (i * 31 % 256) as u8));
+        assert!(decode_bytes(&junk, "junk").is_err());
+    }
+
+    #[test]
+    fn dicom_jpeg_baseline_and_rle_are_decoded() {
+        use image::ExtendedColorType as C;
+        let (w, h) = (24u16, 16u16);
+        let gray: Vec<u8> = (0..w as u32 * h as u32).map(|i| (i * 5 % 200 + 20) as u8).collect();
+
+        // JPEG baseline: the same stream as a plain .jpg and inside a DICOM file
+        let jpg = jpeg_bytes(w as u32, h as u32, C::L8, &gray);
+        let plain = decode_bytes(&jpg, "jpg").unwrap();
+        let dcm = dicom_encapsulated("1.2.840.10008.1.2.4.50", h, w, &jpg);
+        let im = decode_bytes(&dcm, "dcm").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!((im.width, im.height), (w as u32, h as u32));
+        let want = min_max(&plain.pixels);
+        for (a, b) in im.pixels.iter().zip(&want) {
+            assert!((a - b).abs() < 1.5 / 255.0, "{a} vs {b}");
+        }
+
+        // RLE Lossless, one segment of literal runs (PackBits), 64-byte header
+        let mut rle = Vec::new();
+        rle.extend_from_slice(&1u32.to_le_bytes());
+        rle.extend_from_slice(&64u32.to_le_bytes());
+        rle.resize(64, 0);
+        for run in gray.chunks(100) {
+            rle.push((run.len() - 1) as u8);
+            rle.extend_from_slice(run);
+        }
+        let dcm = dicom_encapsulated("1.2.840.10008.1.2.5", h, w, &rle);
+        let im = decode_bytes(&dcm, "rle").unwrap_or_else(|e| panic!("{e}"));
+        let exact: Vec<f32> = gray.iter().map(|&v| v as f32).collect();
+        assert_eq!(im.pixels, min_max(&exact));
+    }
+
+    #[test]
+    fn dicom_unsupported_transfer_syntax_is_named() {
+        let dcm = dicom_encapsulated("1.2.840.10008.1.2.4.80", 4, 4, &[0xFF, 0xD8, 0xFF, 0xF7, 0, 0]);
+        let e = decode_bytes(&dcm, "jls").unwrap_err();
+        let msg = e.to_string();
+        println!("{msg}");
+        assert!(msg.contains("JPEG-LS Lossless") && msg.contains("1.2.840.10008.1.2.4.80"), "{msg}");
+    }
+
+    #[test]
+    fn transfer_syntax_names() {
+        assert_eq!(dicom::transfer_syntax_name("1.2.840.10008.1.2.4.80"), "JPEG-LS Lossless");
+        assert_eq!(dicom::transfer_syntax_name("9.9"), "unknown transfer syntax");
+    }
+}
