@@ -142,13 +142,196 @@ fn str_attr(obj: &DefaultDicomObject, tag: Tag) -> Option<String> {
     Some(s.trim_matches(|c: char| c.is_whitespace() || c == '\0').to_uppercase())
 }
 
+/// What the samples of a pixel mean (from Photometric Interpretation and Samples per Pixel).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ColourModel {
+    Monochrome1,
+    Monochrome2,
+    /// One index per pixel into the Red/Green/Blue Palette Color LUTs.
+    Palette,
+    Rgb,
+    /// Y, Cb, Cr per pixel (PS3.3 C.7.6.3.1.2).
+    YbrFull,
+    /// YBR_FULL with the two pixels of a horizontal pair sharing Cb and Cr; uncompressed, each
+    /// pair is stored `Y1 Y2 Cb Cr`.
+    YbrFull422,
+}
+
+impl ColourModel {
+    fn from_header(photometric: &str, samples: i64) -> Result<ColourModel, DecodeError> {
+        let model = match (photometric, samples) {
+            ("MONOCHROME1", 1) => ColourModel::Monochrome1,
+            ("MONOCHROME2", 1) => ColourModel::Monochrome2,
+            ("PALETTE COLOR", 1) => ColourModel::Palette,
+            // RCT/ICT only occur in JPEG 2000, whose decoder returns RGB
+            ("RGB" | "YBR_RCT" | "YBR_ICT", 3) => ColourModel::Rgb,
+            ("YBR_FULL", 3) => ColourModel::YbrFull,
+            ("YBR_FULL_422", 3) => ColourModel::YbrFull422,
+            _ => {
+                return Err(DecodeError::Dicom(format!(
+                    "photometric interpretation {photometric} with {samples} samples per pixel is not \
+                     supported (MONOCHROME1, MONOCHROME2, PALETTE COLOR, RGB, YBR_FULL, YBR_FULL_422, \
+                     YBR_RCT and YBR_ICT are)"
+                )));
+            }
+        };
+        Ok(model)
+    }
+
+    fn samples(self) -> usize {
+        match self {
+            ColourModel::Monochrome1 | ColourModel::Monochrome2 | ColourModel::Palette => 1,
+            _ => 3,
+        }
+    }
+}
+
+/// Transfer syntaxes whose decoder (jpeg-decoder) turns YCbCr into RGB itself.
+fn decoder_outputs_rgb(ts_uid: &str) -> bool {
+    matches!(
+        ts_uid,
+        "1.2.840.10008.1.2.4.50" | "1.2.840.10008.1.2.4.51" | "1.2.840.10008.1.2.4.57" | "1.2.840.10008.1.2.4.70"
+    )
+}
+
+const EXPLICIT_VR_BE: &str = "1.2.840.10008.1.2.2";
+
+/// The samples of uncompressed pixel data as little-endian bytes, `bytes_per` bytes each,
+/// whatever the transfer syntax's byte order and however dicom-rs holds the value.
+///
+/// dicom-rs parses an OW element into native 16-bit words (swapping each word when the file is
+/// big endian), an OB element into the bytes as stored and an OL element into native 32-bit
+/// words. The sample width is Bits Allocated, not the VR's word size, so:
+/// * 8-bit samples in OW: the first sample is the low byte of each word (PS3.5 8.1.1), i.e. the
+///   little-endian bytes of the words;
+/// * 32-bit samples in big-endian OW: each sample is stored as a big-endian 32-bit integer (as
+///   pydicom reads it), so its high word comes first;
+/// * samples wider than a byte in big-endian OB: stored big endian, swapped here.
+fn native_samples_le(
+    value: &dicom_core::PrimitiveValue,
+    bytes_per: usize,
+    big_endian: bool,
+) -> Result<Vec<u8>, DecodeError> {
+    use dicom_core::PrimitiveValue as P;
+    use dicom_core::value::DicomValueType as _;
+    let mut out: Vec<u8> = match value {
+        P::U8(bytes) => {
+            let mut v = bytes.to_vec();
+            if big_endian && bytes_per > 1 {
+                for sample in v.chunks_exact_mut(bytes_per) {
+                    sample.reverse();
+                }
+            }
+            return Ok(v);
+        }
+        P::U16(words) => words.iter().flat_map(|w| w.to_le_bytes()).collect(),
+        P::I16(words) => words.iter().flat_map(|w| w.to_le_bytes()).collect(),
+        P::U32(words) => words.iter().flat_map(|w| w.to_le_bytes()).collect(),
+        P::I32(words) => words.iter().flat_map(|w| w.to_le_bytes()).collect(),
+        other => {
+            return Err(DecodeError::Dicom(format!(
+                "the Pixel Data element holds {:?} values, not integer samples",
+                other.value_type()
+            )));
+        }
+    };
+    if big_endian && bytes_per == 4 && matches!(value, P::U16(_) | P::I16(_)) {
+        // words are (high, low) per sample: make them (low, high)
+        for sample in out.chunks_exact_mut(4) {
+            sample.rotate_left(2);
+        }
+    }
+    Ok(out)
+}
+
+/// The Red, Green and Blue Palette Color LUTs, checked before any pixel is decoded.
+struct Palette {
+    /// First stored value mapped (values below map to entry 0).
+    first_mapped: i64,
+    /// Entry bit depth from the descriptor (8 or 16): the scale of the entries.
+    bits: u32,
+    tables: [Vec<u16>; 3],
+}
+
+fn read_palette(obj: &DefaultDicomObject) -> Result<Palette, DecodeError> {
+    use dicom_core::PrimitiveValue as P;
+    let descriptor_tags = [
+        tags::RED_PALETTE_COLOR_LOOKUP_TABLE_DESCRIPTOR,
+        tags::GREEN_PALETTE_COLOR_LOOKUP_TABLE_DESCRIPTOR,
+        tags::BLUE_PALETTE_COLOR_LOOKUP_TABLE_DESCRIPTOR,
+    ];
+    let data_tags = [
+        tags::RED_PALETTE_COLOR_LOOKUP_TABLE_DATA,
+        tags::GREEN_PALETTE_COLOR_LOOKUP_TABLE_DATA,
+        tags::BLUE_PALETTE_COLOR_LOOKUP_TABLE_DATA,
+    ];
+    let missing = || {
+        let segmented = obj.element_opt(tags::SEGMENTED_RED_PALETTE_COLOR_LOOKUP_TABLE_DATA).ok().flatten().is_some();
+        DecodeError::Dicom(if segmented {
+            "PALETTE COLOR with segmented lookup tables is not supported".to_string()
+        } else {
+            "PALETTE COLOR without its Red/Green/Blue Palette Color Lookup Table Descriptor and Data".to_string()
+        })
+    };
+    let mut tables: [Vec<u16>; 3] = Default::default();
+    let mut layout = None;
+    for (i, (dt, lt)) in descriptor_tags.iter().zip(&data_tags).enumerate() {
+        let desc = obj.element_opt(*dt).ok().flatten().ok_or_else(missing)?;
+        let desc: Vec<i64> = desc
+            .to_multi_int::<i64>()
+            .map_err(|e| DecodeError::Dicom(format!("unreadable palette descriptor: {e}")))?;
+        let [entries, first, bits] = desc[..] else {
+            return Err(DecodeError::Dicom(format!("palette descriptor has {} values, not 3", desc.len())));
+        };
+        // 0 entries means 65536 (PS3.3 C.7.6.3.1.5); the first value is US or SS
+        let entries = if entries == 0 { 65536 } else { entries & 0xFFFF };
+        if !matches!(bits, 8 | 16) {
+            return Err(DecodeError::Dicom(format!("palette entries of {bits} bits (8 or 16 are valid)")));
+        }
+        if *layout.get_or_insert((entries, first, bits)) != (entries, first, bits) {
+            return Err(DecodeError::Dicom("the three palette descriptors differ".into()));
+        }
+        let data = obj.element_opt(*lt).ok().flatten().ok_or_else(missing)?;
+        let table: Vec<u16> = match data.value().primitive() {
+            // 8-bit entries packed two to a word arrive as bytes or as words; one byte per entry
+            // when the data is exactly `entries` bytes long (as pydicom decides)
+            Some(P::U8(b)) if b.len() as i64 == entries => b.iter().map(|&v| v as u16).collect(),
+            Some(P::U8(b)) => b.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])).collect(),
+            Some(P::U16(w)) if (w.len() as i64) * 2 == entries => {
+                w.iter().flat_map(|v| v.to_le_bytes()).map(|v| v as u16).collect()
+            }
+            Some(P::U16(w)) => w.to_vec(),
+            Some(P::I16(w)) => w.iter().map(|&v| v as u16).collect(),
+            _ => return Err(DecodeError::Dicom("palette LUT data is not 8- or 16-bit words".into())),
+        };
+        if table.len() as i64 != entries {
+            return Err(DecodeError::Dicom(format!(
+                "palette LUT has {} entries, its descriptor says {entries}",
+                table.len()
+            )));
+        }
+        tables[i] = table;
+    }
+    let (_, first_mapped, bits) = layout.ok_or_else(missing)?;
+    Ok(Palette { first_mapped, bits: bits as u32, tables })
+}
+
+/// YBR_FULL → RGB as pydicom does it (float32, PS3.3 C.7.6.3.1.2, rounded and clipped), 8-bit.
+fn ybr_full_to_rgb(y: f32, cb: f32, cr: f32) -> [u8; 3] {
+    let (cb, cr) = (cb - 128.0, cr - 128.0);
+    let r = y + 1.402 * cr;
+    let g = y + (-0.114f32 * 1.772 / 0.587) * cb + (-0.299f32 * 1.402 / 0.587) * cr;
+    let b = y + 1.772 * cb;
+    [r, g, b].map(|v| (v + 0.5).floor().clamp(0.0, 255.0) as u8)
+}
+
 pub(super) fn decode(bytes: &[u8], layout: Layout) -> Result<GrayImage, DecodeError> {
     let obj = open(bytes, layout)?;
-    let ts_uid = obj.meta().transfer_syntax().to_string();
+    let ts_uid = obj.meta().transfer_syntax().trim_end_matches(['\0', ' ']).to_string();
     let ts_desc = format!("{} ({ts_uid})", transfer_syntax_name(&ts_uid));
 
     // Everything we can refuse, refuse before touching the pixel data.
-    if obj.element_opt(tags::PIXEL_DATA).ok().flatten().is_none() {
+    let Some(pixel_element) = obj.element_opt(tags::PIXEL_DATA).ok().flatten() else {
         let what = if obj.element_opt(tags::FLOAT_PIXEL_DATA).ok().flatten().is_some()
             || obj.element_opt(tags::DOUBLE_FLOAT_PIXEL_DATA).ok().flatten().is_some()
         {
@@ -158,15 +341,10 @@ pub(super) fn decode(bytes: &[u8], layout: Layout) -> Result<GrayImage, DecodeEr
              presentation state rather than a radiograph?"
         };
         return Err(DecodeError::Dicom(what.to_string()));
-    }
+    };
     let samples = int_attr(&obj, tags::SAMPLES_PER_PIXEL)?.unwrap_or(1);
     let photometric = str_attr(&obj, tags::PHOTOMETRIC_INTERPRETATION).unwrap_or_else(|| "MONOCHROME2".to_string());
-    if samples != 1 || !(photometric == "MONOCHROME1" || photometric == "MONOCHROME2") {
-        return Err(DecodeError::Dicom(format!(
-            "only grayscale images are supported, this one is {photometric} with \
-             {samples} samples per pixel"
-        )));
-    }
+    let stored_model = ColourModel::from_header(&photometric, samples)?;
     let frames = int_attr(&obj, tags::NUMBER_OF_FRAMES)?.unwrap_or(1);
     if frames > 1 {
         return Err(DecodeError::Dicom(format!(
@@ -185,8 +363,22 @@ pub(super) fn decode(bytes: &[u8], layout: Layout) -> Result<GrayImage, DecodeEr
     if !matches!(bits_allocated, 8 | 16 | 32) {
         return Err(DecodeError::Dicom(format!("Bits Allocated {bits_allocated} is not supported (8, 16 or 32 are)")));
     }
-    if obj.element_opt(tags::MODALITY_LUT_SEQUENCE).ok().flatten().is_some() {
+    let monochrome = matches!(stored_model, ColourModel::Monochrome1 | ColourModel::Monochrome2);
+    if monochrome && obj.element_opt(tags::MODALITY_LUT_SEQUENCE).ok().flatten().is_some() {
         return Err(DecodeError::Dicom("a Modality LUT Sequence (non-linear modality LUT) is not supported".into()));
+    }
+    if matches!(stored_model, ColourModel::YbrFull | ColourModel::YbrFull422) && bits_allocated != 8 {
+        return Err(DecodeError::Dicom(format!(
+            "{photometric} with {bits_allocated} bits allocated is not supported (8 bits are)"
+        )));
+    }
+    if !monochrome && bits_allocated == 32 {
+        return Err(DecodeError::Dicom(format!("{photometric} with 32 bits allocated is not supported")));
+    }
+    let palette = if stored_model == ColourModel::Palette { Some(read_palette(&obj)?) } else { None };
+    let native = pixel_element.value().primitive();
+    if native.is_some() && stored_model == ColourModel::YbrFull422 && cols % 2 == 1 {
+        return Err(DecodeError::Dicom("YBR_FULL_422 with an odd number of columns".into()));
     }
 
     let px = guarded("DICOM", || {
@@ -201,28 +393,47 @@ pub(super) fn decode(bytes: &[u8], layout: Layout) -> Result<GrayImage, DecodeEr
     })?;
 
     let (width, height) = (cols as u32, rows as u32);
-    if px.rows() != height || px.columns() != width || px.samples_per_pixel() != 1 {
+    if px.rows() != height || px.columns() != width || px.samples_per_pixel() as usize != stored_model.samples() {
         return Err(DecodeError::Dicom(format!(
-            "decoded pixel data is {}×{}×{} but the header says {width}×{height}×1",
+            "decoded pixel data is {}×{}×{} but the header says {width}×{height}×{}",
             px.columns(),
             px.rows(),
-            px.samples_per_pixel()
+            px.samples_per_pixel(),
+            stored_model.samples()
         )));
     }
     let n = width as usize * height as usize;
-    let bytes_per = px.bits_allocated() as usize / 8;
-    if !matches!(bytes_per, 1 | 2 | 4) {
-        return Err(DecodeError::Dicom(format!("decoded pixel data has {} bits allocated", px.bits_allocated())));
-    }
-    let data = px.data();
-    if data.len() < n * bytes_per {
+    let bytes_per = bits_allocated as usize / 8;
+    // Uncompressed samples are read from the element itself (the decoder's copy is in the file's
+    // byte order, which is wrong for big-endian files); decoders' output is little endian.
+    let converted;
+    let data: &[u8] = match native {
+        Some(value) => {
+            converted = native_samples_le(value, bytes_per, ts_uid == EXPLICIT_VR_BE)?;
+            &converted
+        }
+        None => px.data(),
+    };
+    // What the samples now hold: decoders of the JPEG family return RGB for any colour input.
+    let model = match stored_model {
+        ColourModel::YbrFull | ColourModel::YbrFull422 if native.is_none() && decoder_outputs_rgb(&ts_uid) => {
+            ColourModel::Rgb
+        }
+        ColourModel::YbrFull422 if native.is_none() => ColourModel::YbrFull,
+        m => m,
+    };
+    let needed = match model {
+        ColourModel::YbrFull422 => n * 2,
+        m => n * m.samples() * bytes_per,
+    };
+    if data.len() < needed {
         return Err(DecodeError::Corrupt {
             format: "DICOM",
             detail: format!(
-                "pixel data holds {} bytes, {} are needed for {width}×{height} samples of \
-                 {} bits",
+                "pixel data holds {} bytes, {needed} are needed for {width}×{height} pixels of {} \
+                 sample(s) of {} bits",
                 data.len(),
-                n * bytes_per,
+                model.samples(),
                 bytes_per * 8
             ),
         });
@@ -232,21 +443,33 @@ pub(super) fn decode(bytes: &[u8], layout: Layout) -> Result<GrayImage, DecodeEr
     let bits_stored = (px.bits_stored() as u32).clamp(1, bytes_per as u32 * 8);
     let signed = px.pixel_representation() == dicom_pixeldata::PixelRepresentation::Signed;
     let shift = 64 - bits_stored;
-    let stored = |raw: u64| -> f64 {
-        if signed { (((raw << shift) as i64) >> shift) as f64 } else { ((raw << shift) >> shift) as f64 }
+    let stored =
+        |raw: u64| -> i64 { if signed { ((raw << shift) as i64) >> shift } else { ((raw << shift) >> shift) as i64 } };
+    let sample = |i: usize| -> u64 {
+        let c = &data[i * bytes_per..(i + 1) * bytes_per];
+        match bytes_per {
+            1 => c[0] as u64,
+            2 => u16::from_le_bytes([c[0], c[1]]) as u64,
+            _ => u32::from_le_bytes([c[0], c[1], c[2], c[3]]) as u64,
+        }
     };
+
+    if !monochrome {
+        // Planar Configuration 1 (RRR…GGG…BBB) only describes uncompressed data: decoders interleave.
+        let planar = native.is_some() && int_attr(&obj, tags::PLANAR_CONFIGURATION)?.unwrap_or(0) == 1;
+        let pixels =
+            colour_to_luminance(model, data, n, width as usize, bits_stored, bytes_per, palette, planar, &|i| {
+                stored(sample(i))
+            })?;
+        return Ok(GrayImage { width, height, pixels });
+    }
+
     let rescale = px
         .rescale()
         .ok()
         .and_then(|r| r.first().copied())
         .unwrap_or(dicom_pixeldata::Rescale { slope: 1.0, intercept: 0.0 });
-    let mut values: Vec<f64> = Vec::with_capacity(n);
-    let samples_iter = data[..n * bytes_per].chunks_exact(bytes_per).map(|c| match c.len() {
-        1 => c[0] as u64,
-        2 => u16::from_ne_bytes([c[0], c[1]]) as u64,
-        _ => u32::from_ne_bytes([c[0], c[1], c[2], c[3]]) as u64,
-    });
-    values.extend(samples_iter.map(|raw| stored(raw) * rescale.slope + rescale.intercept));
+    let values: Vec<f64> = (0..n).map(|i| stored(sample(i)) as f64 * rescale.slope + rescale.intercept).collect();
 
     // VOI: table first, then window, else min-max.
     let lut = px.voi_lut_sequence().ok().flatten().and_then(|l| l.first().cloned());
@@ -307,6 +530,72 @@ pub(super) fn decode(bytes: &[u8], layout: Layout) -> Result<GrayImage, DecodeEr
         }
     }
     Ok(GrayImage { width, height, pixels: out })
+}
+
+/// Colour pixels → luminance in `[0, 1]`, with the ITU-R 601 weights of [`super::pil_luminance`]:
+/// the integer form for 8-bit RGB (exactly what PIL's `convert("L")` gives a colour PNG), the float
+/// form `(0.299 R + 0.587 G + 0.114 B) / (2^bits − 1)` for wider samples. Modality and VOI LUTs
+/// do not apply to colour images (PS3.3 C.11).
+#[allow(clippy::too_many_arguments)]
+fn colour_to_luminance(
+    model: ColourModel,
+    data: &[u8],
+    n: usize,
+    width: usize,
+    bits_stored: u32,
+    bytes_per: usize,
+    palette: Option<Palette>,
+    planar: bool,
+    stored: &dyn Fn(usize) -> i64,
+) -> Result<Vec<f32>, DecodeError> {
+    let luma = |rgb: [u32; 3], bits: u32| -> f32 {
+        if bits == 8 {
+            super::pil_luminance(rgb[0] as u8, rgb[1] as u8, rgb[2] as u8) as f32 / 255.0
+        } else {
+            let l = (rgb[0] as f64 * 19595.0 + rgb[1] as f64 * 38470.0 + rgb[2] as f64 * 7471.0) / 65536.0;
+            (l / ((1u64 << bits) - 1) as f64) as f32
+        }
+    };
+    let pixels = match model {
+        ColourModel::Palette => {
+            let p = palette.ok_or_else(|| DecodeError::Dicom("PALETTE COLOR without lookup tables".into()))?;
+            let last = p.tables[0].len() as i64 - 1;
+            let mask = if p.bits == 8 { 0xFF } else { 0xFFFF };
+            (0..n)
+                .map(|i| {
+                    let idx = (stored(i) - p.first_mapped).clamp(0, last) as usize;
+                    luma(p.tables.each_ref().map(|t| (t[idx] & mask) as u32), p.bits)
+                })
+                .collect()
+        }
+        ColourModel::Rgb | ColourModel::YbrFull => {
+            let at = |i: usize, c: usize| if planar { stored(c * n + i) } else { stored(i * 3 + c) } as u32;
+            (0..n)
+                .map(|i| {
+                    let s = [at(i, 0), at(i, 1), at(i, 2)];
+                    if model == ColourModel::YbrFull {
+                        let rgb = ybr_full_to_rgb(s[0] as f32, s[1] as f32, s[2] as f32);
+                        luma(rgb.map(u32::from), 8)
+                    } else {
+                        let bits = if bytes_per == 1 { 8 } else { bits_stored };
+                        luma(s, bits)
+                    }
+                })
+                .collect()
+        }
+        ColourModel::YbrFull422 => (0..n)
+            .map(|i| {
+                let (row, col) = (i / width, i % width);
+                let pair = &data[(row * width + (col & !1)) * 2..][..4];
+                let y = pair[col & 1] as f32;
+                luma(ybr_full_to_rgb(y, pair[2] as f32, pair[3] as f32).map(u32::from), 8)
+            })
+            .collect(),
+        ColourModel::Monochrome1 | ColourModel::Monochrome2 => {
+            return Err(DecodeError::Dicom("internal error: grayscale sent to the colour path".into()));
+        }
+    };
+    Ok(pixels)
 }
 
 #[cfg(test)]
@@ -406,10 +695,29 @@ mod tests {
     }
 
     #[test]
+    fn dicom_colour_is_reduced_to_luminance_like_png() {
+        use crate::decode::pil_luminance;
+        // RGB, interleaved and planar: PIL's integer luma / 255, as for a colour PNG
+        let rgb = dicom_file(1, 2, "RGB", 3, 8, &[255, 0, 0, 123, 45, 67]);
+        let want = vec![pil_luminance(255, 0, 0) as f32 / 255.0, pil_luminance(123, 45, 67) as f32 / 255.0];
+        assert_eq!(decode_bytes(&rgb, "rgb").unwrap().pixels, want);
+        let extra = vec![(0x0028, 0x0006, *b"US", us(1))];
+        let planar = dicom_with_meta(&dicom_dataset(1, 2, "RGB", 3, 8, &extra, &[255, 123, 0, 45, 0, 67]));
+        assert_eq!(decode_bytes(&planar, "planar").unwrap().pixels, want);
+        // YBR_FULL (Y, Cb, Cr) = (76, 85, 255): red, R 254, G 0, B 0 after pydicom's rounding
+        let ybr = dicom_file(1, 1, "YBR_FULL", 3, 8, &[76, 85, 255, 0]);
+        let l = decode_bytes(&ybr, "ybr").unwrap().pixels[0];
+        assert_eq!(l, pil_luminance(254, 0, 0) as f32 / 255.0);
+        // YBR_FULL with 16-bit samples: refused by name
+        let e = decode_bytes(&dicom_file(1, 1, "YBR_FULL", 3, 16, &[0; 6]), "ybr16").unwrap_err();
+        assert!(e.to_string().contains("YBR_FULL with 16 bits"), "{e}");
+    }
+
+    #[test]
     fn dicom_refusals_are_clear() {
-        let rgb = dicom_file(1, 1, "RGB", 3, 8, &[1, 2, 3]);
-        let e = decode_bytes(&rgb, "c").unwrap_err();
-        assert!(matches!(e, DecodeError::Dicom(ref m) if m.contains("grayscale")), "{e}");
+        let cmyk = dicom_file(1, 1, "CMYK", 4, 8, &[1, 2, 3, 4]);
+        let e = decode_bytes(&cmyk, "c").unwrap_err();
+        assert!(matches!(e, DecodeError::Dicom(ref m) if m.contains("CMYK") && m.contains("not supported")), "{e}");
 
         let extra = vec![(0x0028, 0x0008, *b"IS", b"3".to_vec())];
         let ds = dicom_dataset(1, 1, "MONOCHROME2", 1, 8, &extra, &[1, 2, 3, 0]);
@@ -492,7 +800,7 @@ mod tests {
 
     #[test]
     fn transfer_syntax_names() {
-        assert_eq!(dicom::transfer_syntax_name("1.2.840.10008.1.2.4.80"), "JPEG-LS Lossless");
-        assert_eq!(dicom::transfer_syntax_name("9.9"), "unknown transfer syntax");
+        assert_eq!(transfer_syntax_name("1.2.840.10008.1.2.4.80"), "JPEG-LS Lossless");
+        assert_eq!(transfer_syntax_name("9.9"), "unknown transfer syntax");
     }
 }

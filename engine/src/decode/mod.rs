@@ -21,6 +21,18 @@
 //!   Function (LINEAR as in PS3.3 C.11.2.1.2.1, LINEAR_EXACT, SIGMOID) — mapped straight to
 //!   `[0, 1]`; without either, a min-max normalisation of the modality values. `MONOCHROME1` is
 //!   inverted so that the output is always bright = dense, like a `MONOCHROME2` image.
+//!   Samples of 8, 16 and 32 bits, signed or not, in either byte order (Explicit VR Big Endian
+//!   included).
+//! * **Colour DICOM** (`RGB`, `YBR_FULL`, `YBR_FULL_422`, `PALETTE COLOR`; `YBR_RCT`/`YBR_ICT`
+//!   from JPEG 2000): converted to RGB first (YBR as pydicom does it, PS3.3 C.7.6.3.1.2, in
+//!   float32, rounded and clipped to 8 bits; palettes through their Red/Green/Blue LUTs), then
+//!   reduced to luminance like a colour PNG: PIL's integer formula / 255 for 8-bit samples, the
+//!   same weights in floating point / (2^bits − 1) for wider ones (Bits Stored for RGB, the LUT
+//!   entry depth for palettes). Modality and VOI LUTs do not apply to colour images.
+//! * Refused with a message naming the reason: multi-frame images, floating-point pixel data,
+//!   non-image objects (no Pixel Data), Modality LUT Sequences, YBR with more than 8 bits,
+//!   segmented palettes, and transfer syntaxes without a decoder here (JPEG Extended 12-bit,
+//!   JPEG-LS, JPEG XL, HTJ2K, video: see `dicom::transfer_syntax_name`).
 //!
 //! Every decoder sees the dimensions first: images over [`MAX_SIDE`] pixels on a side or
 //! [`MAX_PIXELS`] pixels in all are refused before any pixel buffer is allocated. Decoder panics
