@@ -6,6 +6,8 @@ use dicom_dictionary_std::tags;
 use dicom_object::{DefaultDicomObject, FileMetaTableBuilder, OpenFileOptions, Tag, file::ReadPreamble};
 use dicom_pixeldata::{PixelDecoder, VoiLutFunction};
 
+mod structure;
+
 /// How the DICOM bytes start.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Layout {
@@ -74,6 +76,15 @@ pub(super) fn transfer_syntax_name(uid: &str) -> &'static str {
 }
 
 fn open(bytes: &[u8], layout: Layout) -> Result<DefaultDicomObject, DecodeError> {
+    // dicom-rs believes lengths and VRs: check the structure first (see `structure`).
+    let (meta_at, bare) = match layout {
+        Layout::Preamble => (Some(132), structure::Encoding::ExplicitLittle),
+        Layout::NoPreamble => (Some(4), structure::Encoding::ExplicitLittle),
+        Layout::BareImplicit => (None, structure::Encoding::ImplicitLittle),
+        Layout::BareExplicit => (None, structure::Encoding::ExplicitLittle),
+    };
+    structure::check_file(bytes, meta_at, bare)
+        .map_err(|e| DecodeError::Dicom(format!("the file is damaged or not DICOM: {e}")))?;
     let parse = |src: &[u8], preamble: ReadPreamble| {
         guarded("DICOM", || {
             OpenFileOptions::new().read_preamble(preamble).from_reader(src).map_err(|e| {
