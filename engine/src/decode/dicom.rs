@@ -206,6 +206,36 @@ fn decoder_outputs_rgb(ts_uid: &str) -> bool {
 }
 
 const EXPLICIT_VR_BE: &str = "1.2.840.10008.1.2.2";
+const RLE_LOSSLESS: &str = "1.2.840.10008.1.2.5";
+
+/// The RLE header of the (single) frame, checked before dicom-rs reads it: it allocates a table
+/// of as many offsets as the header's first 32-bit word says (found by fuzzing: up to 2^32 × 4
+/// bytes) and trusts the offsets. PS3.5 G.3: one segment per byte of each sample, at most 15,
+/// offsets increasing from 64 and inside the fragment.
+fn check_rle_header(fragments: Option<&[Vec<u8>]>, segments_expected: usize) -> Result<(), DecodeError> {
+    let bad = |detail: String| DecodeError::Corrupt { format: "DICOM RLE", detail };
+    let fragment = fragments.and_then(|f| f.first()).ok_or_else(|| bad("no pixel data fragment".into()))?;
+    if fragment.len() < 64 {
+        return Err(bad(format!("the fragment is {} bytes, shorter than the 64-byte RLE header", fragment.len())));
+    }
+    let word =
+        |i: usize| u32::from_le_bytes([fragment[4 * i], fragment[4 * i + 1], fragment[4 * i + 2], fragment[4 * i + 3]]);
+    let segments = word(0) as usize;
+    if segments != segments_expected || segments > 15 {
+        return Err(bad(format!(
+            "the RLE header declares {segments} segments; this image needs {segments_expected} (at most 15)"
+        )));
+    }
+    let mut previous = 0u32;
+    for i in 1..=segments {
+        let offset = word(i);
+        if (i == 1 && offset != 64) || offset < previous || offset as usize >= fragment.len() {
+            return Err(bad(format!("RLE segment {i} starts at byte {offset}, outside the fragment or out of order")));
+        }
+        previous = offset;
+    }
+    Ok(())
+}
 
 /// The samples of uncompressed pixel data as little-endian bytes, `bytes_per` bytes each,
 /// whatever the transfer syntax's byte order and however dicom-rs holds the value.
@@ -390,6 +420,10 @@ pub(super) fn decode(bytes: &[u8], layout: Layout) -> Result<GrayImage, DecodeEr
     let native = pixel_element.value().primitive();
     if native.is_some() && stored_model == ColourModel::YbrFull422 && cols % 2 == 1 {
         return Err(DecodeError::Dicom("YBR_FULL_422 with an odd number of columns".into()));
+    }
+
+    if ts_uid == RLE_LOSSLESS {
+        check_rle_header(pixel_element.value().fragments(), stored_model.samples() * bits_allocated as usize / 8)?;
     }
 
     let px = guarded("DICOM", || {
@@ -798,6 +832,21 @@ mod tests {
         let im = decode_bytes(&dcm, "rle").unwrap_or_else(|e| panic!("{e}"));
         let exact: Vec<f32> = gray.iter().map(|&v| v as f32).collect();
         assert_eq!(im.pixels, min_max(&exact));
+    }
+
+    #[test]
+    fn dicom_rle_header_is_checked_before_decoding() {
+        // 2^32 - 1 segments: dicom-rs would allocate 16 GiB for the offset table
+        let mut rle = vec![0u8; 64];
+        rle[..4].copy_from_slice(&u32::MAX.to_le_bytes());
+        rle.extend_from_slice(&[3, 1, 2, 3, 4]);
+        let e = decode_bytes(&dicom_encapsulated("1.2.840.10008.1.2.5", 1, 4, &rle), "rle").unwrap_err();
+        assert!(e.to_string().contains("declares 4294967295 segments"), "{e}");
+        // the right count, an offset past the fragment
+        rle[..4].copy_from_slice(&1u32.to_le_bytes());
+        rle[4..8].copy_from_slice(&5000u32.to_le_bytes());
+        let e = decode_bytes(&dicom_encapsulated("1.2.840.10008.1.2.5", 1, 4, &rle), "rle").unwrap_err();
+        assert!(e.to_string().contains("segment 1 starts at byte 5000"), "{e}");
     }
 
     #[test]
