@@ -7,7 +7,7 @@ mod common;
 use medpatch_eval::bootstrap::{self, BootstrapOptions, ClassInput, METRICS};
 use medpatch_eval::geometry::resize_bilinear;
 use medpatch_eval::metrics::{Confusion, ThresholdRule, auroc, roc_curve, youden};
-use medpatch_eval::rng::Rng;
+use medpatch_models::Rng;
 use serde_json::{Value, json};
 
 /// Scores with many ties (rounded to 2 decimals) and without, labels correlated with them.

@@ -793,7 +793,7 @@ fn file_safe(name: &str) -> String {
 /// The speed target: 100,000 resamples × 14 classes × 500 cases, timed.
 fn bench(args: &EvaluateArgs) -> Result<ExitCode> {
     use medpatch_eval::bootstrap;
-    use medpatch_eval::rng::Rng;
+    use medpatch_models::Rng;
     let (n, classes) = (args.bench_cases, 14);
     let mut rng = Rng::new(args.seed);
     let labels: Vec<Vec<bool>> = (0..classes).map(|_| (0..n).map(|_| rng.bool(0.2)).collect()).collect();
