@@ -436,7 +436,6 @@ impl Engine {
                     predictions.push(r);
                     Ok(())
                 })
-                .map(|()| ())
         })?;
         let mut predictions = predictions.into_iter();
         let mut out = Vec::with_capacity(converted.len());
