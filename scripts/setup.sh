@@ -48,5 +48,5 @@ fi
 # profile (dependencies optimised, see Cargo.toml) shares the workspace's target/ with the Rust
 # tests; --no-build-isolation uses the pinned maturin above instead of fetching one.
 echo "setup: pip install ./python (medpatch Python package)"
-"$VENV/bin/python" -m pip install --quiet --no-build-isolation --no-deps \
+PATH="$PWD/$VENV/bin:$PATH" "$VENV/bin/python" -m pip install --quiet --no-build-isolation --no-deps \
     --config-settings=build-args="--profile dev" ./python

@@ -12,33 +12,25 @@ OPENVINO_LIB_PATH=$(ls -d "$PWD"/.venv/lib/python3*/site-packages/openvino/libs 
 export OPENVINO_LIB_PATH
 export MEDPATCH_PYTHON="$PWD/.venv/bin/python"
 export MEDPATCH_BIN="$PWD/target/debug/medpatch"
+
+# medpatch-train links the libtorch of the venv's torch wheel (LIBTORCH_USE_PYTORCH=1, venv
+# active); its build.rs keeps libtorch/libtorch_cuda linked (--no-as-needed) and sets an rpath,
+# so its binaries run without LD_LIBRARY_PATH. It is tested in the same cargo invocation as the
+# rest of the workspace: one feature resolution, so the dependencies are compiled once.
+# shellcheck disable=SC1091
+source .venv/bin/activate
+export LIBTORCH_USE_PYTORCH=1
 # pyo3 (the Python package's crate) finds its interpreter here when clippy checks it.
 export PYO3_PYTHON="$MEDPATCH_PYTHON"
 
 echo "== Formatting and lints"
 cargo fmt --all -- --check
-cargo clippy --workspace --exclude medpatch-train --all-targets --locked -- -D warnings
+cargo clippy --workspace --all-targets --locked -- -D warnings
 
-echo "== Rust tests (workspace; the C API's examples are built and run by ffi/tests/packaging.rs)"
-# medpatch-train links libtorch: it is built and tested in its own block below. medpatch-python
-# is a Python extension: scripts/setup.sh builds and installs it, pytest tests it.
-cargo test --workspace --exclude medpatch-train --exclude medpatch-python --locked --no-fail-fast
+echo "== Rust tests (workspace, train included; the C API's examples are built and run by ffi/tests/packaging.rs)"
+# medpatch-python is a Python extension module: scripts/setup.sh builds and installs it with
+# `pip install ./python`, and pytest tests that install below.
+cargo test --workspace --exclude medpatch-python --locked --no-fail-fast
 
 echo "== Python tests (references, and the installed medpatch package)"
-.venv/bin/python -m pytest -q tests/python
-
-# ---- medpatch-train (libtorch through tch) ---------------------------------------------------
-# Links the libtorch of the venv's torch wheel (LIBTORCH_USE_PYTORCH=1, venv active); its build.rs
-# keeps libtorch/libtorch_cuda linked (--no-as-needed) and sets an rpath, so the binaries run
-# without LD_LIBRARY_PATH. Tests: parity with torchvision (eval logits, one training step,
-# OneCycle), checkpoint export, CheXpert CSV/preprocessing/loader fixtures, synthetic benchmark,
-# a short training run with resume. Tiny configs; about 2 minutes on 2 cores after the build.
-echo "== medpatch-train (libtorch)"
-(
-    # shellcheck disable=SC1091
-    source .venv/bin/activate
-    export LIBTORCH_USE_PYTORCH=1
-    cargo clippy -p medpatch-train --all-targets --locked -- -D warnings
-    cargo test -p medpatch-train --locked
-)
-# ---- end medpatch-train -----------------------------------------------------------------------
+python -m pytest -q tests/python

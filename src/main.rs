@@ -23,6 +23,9 @@ enum Command {
     Export(cli::export::ExportArgs),
     /// Time every backend side by side on one model, with the pipeline split and peak memory.
     Bench(cli::bench::BenchArgs),
+    /// The paper's evaluation on a CheXpert-style split: AUROC and thresholded metrics with bootstrap
+    /// intervals, CheXlocalize hit rate and mIoU; markdown, CSV, JSON, ROC curves, saliency sheets.
+    Evaluate(cli::evaluate::EvaluateArgs),
 }
 
 fn main() -> ExitCode {
@@ -32,6 +35,7 @@ fn main() -> ExitCode {
         Command::Predict(args) => cli::predict::run(args),
         Command::Export(args) => cli::export::run(args),
         Command::Bench(args) => cli::bench::run(args),
+        Command::Evaluate(args) => cli::evaluate::run(args),
     })
     .unwrap_or_else(|_| {
         Err(anyhow::anyhow!("internal error (a bug in medpatch: please report it with the message above)"))

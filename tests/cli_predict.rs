@@ -52,6 +52,9 @@ fn quick_start_runs_on_the_bundled_xray_with_the_embedded_model() {
 
 #[test]
 fn bad_inputs_are_reported_and_the_rest_still_processed() {
+    if skip_without_shared() {
+        return;
+    }
     let dir = scratch("cli-bad-inputs");
     let good = cxr_dir().join("pediatric/NORMAL2-IM-1427-0001.jpeg");
     let png = std::fs::read(nih_images()[0].clone()).unwrap();
@@ -190,6 +193,9 @@ fn models_without_metadata_or_with_the_wrong_input_are_refused() {
 
 #[test]
 fn lone_bad_inputs_empty_folders_and_all_failed_batches_exit_1_without_a_panic() {
+    if skip_without_shared() {
+        return;
+    }
     let dir = scratch("cli-lone-bad");
     let notes = dir.join("notes.png");
     std::fs::write(&notes, "not an image").unwrap();
@@ -229,6 +235,9 @@ fn lone_bad_inputs_empty_folders_and_all_failed_batches_exit_1_without_a_panic()
 
 #[test]
 fn a_closed_stdout_ends_quietly() {
+    if skip_without_shared() {
+        return;
+    }
     use std::io::BufRead;
     // `medpatch predict dir | head -1`: the reader goes away after one line.
     let mut child = Command::new(env!("CARGO_BIN_EXE_medpatch"))

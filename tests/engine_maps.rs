@@ -81,6 +81,9 @@ fn slow_dense_map(engine: &Engine, image: &GrayImage, steps: usize) -> Vec<f64> 
 
 #[test]
 fn dense_map_equals_the_slow_transcription() {
+    if skip_without_shared() {
+        return;
+    }
     let engine = tiny_engine("maps-dense");
     let image = real_prepared(&engine, 3);
     for steps in [2, 4] {
@@ -96,6 +99,9 @@ fn dense_map_equals_the_slow_transcription() {
 
 #[test]
 fn dense_map_at_one_step_is_the_coarse_map_and_completeness_holds() {
+    if skip_without_shared() {
+        return;
+    }
     let engine = tiny_engine("maps-coarse");
     let image = real_prepared(&engine, 5);
     let p = engine.predict_prepared(std::slice::from_ref(&image)).unwrap().remove(0).unwrap();
@@ -119,6 +125,9 @@ fn dense_map_at_one_step_is_the_coarse_map_and_completeness_holds() {
 
 #[test]
 fn one_engine_shared_by_many_threads_gives_the_same_answers() {
+    if skip_without_shared() {
+        return;
+    }
     let engine = Arc::new(tiny_engine("maps-threads"));
     let images: Vec<GrayImage> = (0..4).map(|i| real_prepared(&engine, i)).collect();
     let expected: Vec<Vec<f32>> =

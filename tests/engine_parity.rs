@@ -18,6 +18,9 @@ fn engine(model: &medpatch_engine::Model, provider: Provider) -> Engine {
 
 #[test]
 fn onnxruntime_and_tract_agree_on_every_real_xray() {
+    if skip_without_shared() {
+        return;
+    }
     let (_, model) = exported_reference_model("efficientnet_v2_s");
     let (ort, tract) = (engine(&model, Provider::Cpu), engine(&model, Provider::Tract));
     assert_eq!((ort.provider(), tract.provider()), (Provider::Cpu, Provider::Tract));
@@ -41,6 +44,9 @@ fn onnxruntime_and_tract_agree_on_every_real_xray() {
 
 #[test]
 fn end_to_end_matches_pil_torchvision_and_torch() {
+    if skip_without_shared() {
+        return;
+    }
     let (dir, model) = exported_reference_model("efficientnet_v2_s");
     let images = nih_images();
     let out = dir.join("end-to-end");

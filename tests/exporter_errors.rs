@@ -117,6 +117,9 @@ fn garbage_truncated_and_non_weight_files_are_refused() {
 
 #[test]
 fn truncated_torch_checkpoint_is_refused() {
+    if skip_without_shared() {
+        return;
+    }
     // A real torch.save file, cut short: the zip directory is gone.
     let dir = scratch("exporter-errors-torch");
     let xray = nih_images()[2].clone();

@@ -82,16 +82,25 @@ fn parity(arch: &str) {
 
 #[test]
 fn tiny_variant_matches_torchvision() {
+    if skip_without_shared() {
+        return;
+    }
     parity("efficientnet_v2_tiny");
 }
 
 #[test]
 fn efficientnet_v2_s_matches_torchvision() {
+    if skip_without_shared() {
+        return;
+    }
     parity("efficientnet_v2_s");
 }
 
 #[test]
 fn safetensors_with_torchvision_names_exports_the_same_model() {
+    if skip_without_shared() {
+        return;
+    }
     let dir = scratch("exporter-safetensors");
     let xray = nih_images()[1].clone();
     run_python(
@@ -112,6 +121,9 @@ fn safetensors_with_torchvision_names_exports_the_same_model() {
 
 #[test]
 fn exported_model_loads_from_memory_with_its_metadata() {
+    if skip_without_shared() {
+        return;
+    }
     let dir = scratch("exporter-metadata");
     let out = dir.join("random.onnx");
     let mut options = ExportOptions::new(WeightsSource::Random { seed: 3, num_classes: 14 }, out.clone());

@@ -178,6 +178,11 @@ impl Engine {
         &self.skipped
     }
 
+    /// Whole images per backend call: the batch size in patches over the patches per image.
+    pub fn images_per_batch(&self) -> usize {
+        (self.batch_size / self.model.grid().pow(2)).max(1)
+    }
+
     /// The seed's preprocessing for this model: centre crop, antialiased resize to the image size.
     pub fn prepare(&self, image: &GrayImage) -> GrayImage {
         preprocess::preprocess(image, self.model.image_size() as u32)
@@ -415,7 +420,7 @@ impl Engine {
         let shifts = explain::dense_shifts(shift_steps, patch);
         let mut acc = DenseAccumulator::new(grid, patch, classes);
         // Whole shifted images per backend call, about `batch_size` patches at a time.
-        let per_call = (self.batch_size / (grid * grid)).max(1);
+        let per_call = self.images_per_batch();
         let mut window = Vec::new();
         let mut patches = Vec::new();
         for group in shifts.chunks(per_call) {

@@ -51,6 +51,12 @@ pub fn center_crop_square(img: &GrayImage) -> GrayImage {
     GrayImage { width: side, height: side, pixels }
 }
 
+/// Where [`center_crop_square`] cuts a `width × height` image: (left, top, side).
+pub fn center_crop_box(width: u32, height: u32) -> (u32, u32, u32) {
+    let side = width.min(height);
+    (crop_offset(width, side), crop_offset(height, side), side)
+}
+
 /// torchvision's `int(round((size - crop) / 2.0))` with Python's banker's rounding.
 /// `size >= crop` is required.
 pub(crate) fn crop_offset(size: u32, crop: u32) -> u32 {

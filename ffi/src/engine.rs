@@ -312,7 +312,8 @@ pub unsafe extern "C" fn medpatch_predict_pixels(
     })
 }
 
-/// Predict `count` files in one batch (their patches go through the backend together).
+/// Predict `count` files in batches (several images' patches go through the backend together,
+/// and the next images are decoded meanwhile).
 /// `results[i]` receives the result of `paths[i]` (owned by the caller) or NULL, and
 /// `statuses[i]` its status. The call itself returns `MEDPATCH_STATUS_OK` when every item
 /// succeeded, else the status of the first failed item; the last error then holds one line per
@@ -339,10 +340,11 @@ pub unsafe extern "C" fn medpatch_predict_files(
         let paths: Vec<_> =
             paths.iter().enumerate().map(|(i, &p)| path_arg(p, &format!("paths[{i}]"))).collect::<Result<_, _>>()?;
         let inputs: Vec<Input<'_>> = paths.iter().map(|p| Input::Path(p)).collect();
-        let outcomes = engine.engine.predict_batch(&inputs);
         let mut first_failure: Option<medpatch_status> = None;
         let mut messages = Vec::new();
-        for (i, outcome) in outcomes.into_iter().enumerate() {
+        // Pipelined: the next images are decoded while the backend runs the current batch.
+        let per_batch = engine.engine.images_per_batch();
+        let _ = engine.engine.predict_pipelined(&inputs, per_batch, |i, outcome| -> Result<(), ()> {
             // SAFETY: both arrays hold `count` writable elements (checked non-NULL above).
             let (result, status) = unsafe { (&mut *results.add(i), &mut *statuses.add(i)) };
             match outcome {
@@ -357,7 +359,8 @@ pub unsafe extern "C" fn medpatch_predict_files(
                     messages.push(format!("[{i}] {error}"));
                 }
             }
-        }
+            Ok(())
+        });
         match first_failure {
             None => Ok(()),
             Some(status) => Err(Failure::new(status, messages.join("\n"))),

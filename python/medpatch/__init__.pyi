@@ -69,7 +69,9 @@ class Engine:
         ort_library: libonnxruntime.so (default: ORT_DYLIB_PATH, then this environment's wheel)."""
     def predict(self, image: ImageInput) -> Result:
         """Predict one X-ray. Raises FileNotFoundError, DecodeError, ValueError, TypeError, ..."""
-    def predict_many(self, images: Iterable[ImageInput], *, images_per_batch: int = 4) -> list[Result | BaseException]:
+    def predict_many(
+        self, images: Iterable[ImageInput], *, images_per_batch: int | None = None
+    ) -> list[Result | BaseException]:
         """Predict in batches; one Result or exception object (not raised) per input, in order."""
     def saliency(self, result: Result, kind: MapKind = "raw") -> npt.NDArray[np.float32]:
         """(classes, size, size) map: each patch's raw or scaled logit over its square."""

@@ -10,7 +10,7 @@ use medpatch_engine::{
     Engine as RustEngine, EngineError, Input, MapKind, ModelOrigin, ModelSource, Prediction, ProviderChoice, explain,
     render,
 };
-use numpy::{PyArray1, PyArrayMethods, PyUntypedArray, PyUntypedArrayMethods, dtype};
+use numpy::{PyArray1, PyArrayDescrMethods, PyArrayMethods, PyUntypedArray, PyUntypedArrayMethods, dtype};
 use pyo3::exceptions::{PyException, PyFileNotFoundError, PyOSError, PyPermissionError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyByteArray, PyBytes, PyDict};
@@ -182,9 +182,9 @@ struct Engine {
     classes: Arc<[String]>,
 }
 
-/// One image's prediction.
-#[pyclass(frozen, module = "medpatch")]
-struct Result {
+/// One image's prediction (Python name `medpatch.Result`).
+#[pyclass(frozen, module = "medpatch", name = "Result")]
+struct PredictionResult {
     probabilities: Py<PyAny>,
     logits: Py<PyAny>,
     patch_logits: Py<PyAny>,
@@ -194,7 +194,7 @@ struct Result {
     timings: medpatch_engine::Timings,
 }
 
-impl Result {
+impl PredictionResult {
     fn new(py: Python<'_>, prediction: Prediction, classes: Arc<[String]>) -> PyResult<Self> {
         let (grid, side) = (prediction.grid, prediction.image.width as usize);
         let c = prediction.logits.len();
@@ -217,7 +217,7 @@ impl Result {
 }
 
 #[pymethods]
-impl Result {
+impl PredictionResult {
     /// sigmoid(logits), float32 (classes,), in model class order.
     #[getter]
     fn probabilities(&self, py: Python<'_>) -> Py<PyAny> {
@@ -285,18 +285,18 @@ impl Result {
 impl Engine {
     /// The result's prediction, rebuilt for the engine's map functions (the arrays are small,
     /// except the image, which only the dense map needs).
-    fn prediction(&self, py: Python<'_>, result: &Result, with_image: bool) -> PyResult<Prediction> {
+    fn prediction(&self, py: Python<'_>, result: &PredictionResult, with_image: bool) -> PyResult<Prediction> {
         let model = self.engine.model();
-        let logits = Result::values(py, &result.logits)?;
+        let logits = PredictionResult::values(py, &result.logits)?;
         if logits.len() != model.num_classes() || result.classes[..] != self.classes[..] {
             return Err(PyValueError::new_err("the result was made by an engine with a different model"));
         }
         let side = model.image_size() as u32;
-        let pixels = if with_image { Result::values(py, &result.image)? } else { Vec::new() };
+        let pixels = if with_image { PredictionResult::values(py, &result.image)? } else { Vec::new() };
         Ok(Prediction {
-            probabilities: Result::values(py, &result.probabilities)?,
+            probabilities: PredictionResult::values(py, &result.probabilities)?,
             logits,
-            patch_logits: Result::values(py, &result.patch_logits)?,
+            patch_logits: PredictionResult::values(py, &result.patch_logits)?,
             grid: model.grid(),
             image: GrayImage { width: side, height: side, pixels },
             provider: self.engine.provider(),
@@ -321,7 +321,13 @@ impl Engine {
         })
     }
 
-    fn map(&self, py: Python<'_>, result: &Result, kind: MapKind, shift_steps: Option<usize>) -> PyResult<Vec<f32>> {
+    fn map(
+        &self,
+        py: Python<'_>,
+        result: &PredictionResult,
+        kind: MapKind,
+        shift_steps: Option<usize>,
+    ) -> PyResult<Vec<f32>> {
         match shift_steps {
             None => {
                 let prediction = self.prediction(py, result, false)?;
@@ -399,43 +405,50 @@ impl Engine {
 
     /// Predict one X-ray: a path (PNG, JPEG, DICOM), the bytes of such a file, or a 2-D numpy
     /// array (float in [0, 1], uint8 or uint16; any size: centre-cropped and resized as files are).
-    fn predict(&self, py: Python<'_>, image: &Bound<'_, PyAny>) -> PyResult<Result> {
+    fn predict(&self, py: Python<'_>, image: &Bound<'_, PyAny>) -> PyResult<PredictionResult> {
         let input = OwnedInput::from_python(image)?;
         let prediction = detached(py, || self.engine.predict(input.as_input()))?;
-        Result::new(py, prediction, self.classes.clone())
+        PredictionResult::new(py, prediction, self.classes.clone())
     }
 
-    /// Predict many X-rays in batches (their patches go through the backend together). Returns
-    /// one item per input, in order: a Result, or the exception object for an input that failed
-    /// (not raised), so one bad file does not lose the others.
-    #[pyo3(signature = (images, *, images_per_batch=4))]
+    /// Predict many X-rays in batches (their patches go through the backend together, and the
+    /// next images are decoded meanwhile). Returns one item per input, in order: a Result, or the
+    /// exception object for an input that failed (not raised), so one bad file does not lose the
+    /// others. images_per_batch: default from the engine's batch_size (256 patches = 4 images).
+    #[pyo3(signature = (images, *, images_per_batch=None))]
     fn predict_many(
         &self,
         py: Python<'_>,
         images: &Bound<'_, PyAny>,
-        images_per_batch: usize,
+        images_per_batch: Option<usize>,
     ) -> PyResult<Vec<Py<PyAny>>> {
         let mut converted = Vec::new();
         for item in images.try_iter()? {
             converted.push(OwnedInput::from_python(&item?));
         }
+        let valid: Vec<Input<'_>> = converted.iter().flatten().map(OwnedInput::as_input).collect();
+        let per_batch = images_per_batch.unwrap_or_else(|| self.engine.images_per_batch());
+        // Pipelined, without the GIL: the next images are decoded while the backend runs.
+        let mut predictions = Vec::with_capacity(valid.len());
+        detached(py, || {
+            self.engine
+                .predict_pipelined(&valid, per_batch, |_, r| -> Result<(), EngineError> {
+                    predictions.push(r);
+                    Ok(())
+                })
+        })?;
+        let mut predictions = predictions.into_iter();
         let mut out = Vec::with_capacity(converted.len());
-        for batch in converted.chunks(images_per_batch.max(1)) {
-            let inputs: Vec<Option<Input<'_>>> =
-                batch.iter().map(|i| i.as_ref().ok().map(OwnedInput::as_input)).collect();
-            let valid: Vec<Input<'_>> = inputs.iter().flatten().copied().collect();
-            let mut predictions = detached(py, || Ok(self.engine.predict_batch(&valid)))?.into_iter();
-            for (item, input) in batch.iter().zip(&inputs) {
-                let object = match (item, input) {
-                    (Err(e), _) => e.clone_ref(py).into_value(py).into_any(),
-                    (Ok(_), _) => match predictions.next() {
-                        Some(Ok(p)) => Py::new(py, Result::new(py, p, self.classes.clone())?)?.into_any(),
-                        Some(Err(e)) => py_error(e).into_value(py).into_any(),
-                        None => Error::new_err("internal error: an input lost its result").into_value(py).into_any(),
-                    },
-                };
-                out.push(object);
-            }
+        for item in &converted {
+            let object = match item {
+                Err(e) => e.clone_ref(py).into_value(py).into_any(),
+                Ok(_) => match predictions.next() {
+                    Some(Ok(p)) => Py::new(py, PredictionResult::new(py, p, self.classes.clone())?)?.into_any(),
+                    Some(Err(e)) => py_error(e).into_value(py).into_any(),
+                    None => Error::new_err("internal error: an input lost its result").into_value(py).into_any(),
+                },
+            };
+            out.push(object);
         }
         Ok(out)
     }
@@ -443,7 +456,7 @@ impl Engine {
     /// The saliency map at the model's input resolution, float32 (classes, size, size): each
     /// patch's raw logit (kind="raw") or logit × image probability (kind="scaled") over its square.
     #[pyo3(signature = (result, kind="raw"))]
-    fn saliency<'py>(&self, py: Python<'py>, result: &Result, kind: &str) -> PyResult<Bound<'py, PyAny>> {
+    fn saliency<'py>(&self, py: Python<'py>, result: &PredictionResult, kind: &str) -> PyResult<Bound<'py, PyAny>> {
         let kind = map_kind(kind)?;
         let (c, side) = (self.classes.len(), self.engine.model().image_size());
         frozen_array(py, self.map(py, result, kind, None)?, &[c, side, side])
@@ -455,7 +468,7 @@ impl Engine {
     fn dense_map<'py>(
         &self,
         py: Python<'py>,
-        result: &Result,
+        result: &PredictionResult,
         shift_steps: usize,
         kind: &str,
     ) -> PyResult<Bound<'py, PyAny>> {
@@ -471,7 +484,7 @@ impl Engine {
     fn overlay<'py>(
         &self,
         py: Python<'py>,
-        result: &Result,
+        result: &PredictionResult,
         cls: &Bound<'_, PyAny>,
         kind: &str,
         shift_steps: Option<usize>,
@@ -584,7 +597,7 @@ fn export<'py>(
 fn _medpatch(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
     m.add_class::<Engine>()?;
-    m.add_class::<Result>()?;
+    m.add_class::<PredictionResult>()?;
     m.add_function(wrap_pyfunction!(export, m)?)?;
     m.add("Error", py.get_type::<Error>())?;
     m.add("DecodeError", py.get_type::<DecodeError>())?;

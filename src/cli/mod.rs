@@ -1,4 +1,5 @@
 pub mod bench;
+pub mod evaluate;
 pub mod export;
 pub mod inputs;
 pub mod predict;

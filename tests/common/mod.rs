@@ -10,6 +10,17 @@ pub fn repo_root() -> PathBuf {
 }
 
 /// `../shared/data/cxr` beside the checkout (CI has it too).
+/// Whether `../shared/data/cxr` is beside the checkout. Tests that need the real X-rays start
+/// with `if skip_without_shared() { return; }`: without them they say so and pass, rather than
+/// fail on a machine that lacks the data (CI always has it).
+pub fn skip_without_shared() -> bool {
+    let present = repo_root().join("../shared/data/cxr").is_dir();
+    if !present {
+        eprintln!("SKIPPED: ../shared/data/cxr (the real X-rays) is not beside the checkout");
+    }
+    !present
+}
+
 pub fn cxr_dir() -> PathBuf {
     let dir = repo_root().join("../shared/data/cxr");
     assert!(dir.is_dir(), "real X-rays not found at {}: the tests need ../shared beside the checkout", dir.display());

@@ -1,11 +1,8 @@
 //! CheXpert data, as the MedicalPatchNet seed reads it (`ChexpertDataset.py`,
 //! `preprocessing/preProcCheXpert.py`), without libtorch:
 //!
-//! * **CSVs** ([`read_csv`]): `train_visualCheXbert.csv` has No Finding as its *last* column; it is
-//!   moved to position 5 so that the 14 label columns follow CheXpert's order (the seed does the
-//!   same column shift). Then columns 5..19 must be the 14 CheXpert classes, in order (checked by
-//!   name — a CSV laid out otherwise is refused rather than misread). Labels: `1.0` → 1;
-//!   `0.0`, `-1.0` (uncertain) and blank → 0. All views (frontal and lateral) are kept.
+//! * **CSVs** ([`read_csv`]): `medpatch_eval::labels` (shared with `medpatch evaluate`): the
+//!   visualCheXbert column shift, names checked, `1.0` → 1, `0.0`/`-1.0`/blank → 0.
 //! * **Offline preprocessing** ([`preprocess_file`]): centre crop to the shorter side (no padding),
 //!   Lanczos resize to 1024×1024, grayscale, JPEG quality 100 (one component, so no chroma
 //!   subsampling), same relative path.
@@ -17,81 +14,14 @@
 //! * **Worker threads** ([`Loader`]): batches are assembled on background threads, in a
 //!   deterministic order and with deterministic augmentation (seeded per sample and epoch).
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use medpatch_engine::decode::{self, GrayImage};
 use medpatch_engine::preprocess;
-use medpatch_models::CHEXPERT_CLASSES;
 use medpatch_models::Rng;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 
-/// One CSV row: image path (relative to the data root) and its 14 labels.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Record {
-    pub path: String,
-    pub labels: [f32; 14],
-}
-
-/// The seed's label mapping: only "1.0" (or "1") is positive.
-pub fn parse_label(text: &str) -> Result<f32> {
-    match text.trim() {
-        "1.0" | "1" => Ok(1.0),
-        "0.0" | "0" | "-1.0" | "-1" | "" => Ok(0.0),
-        other => match other.parse::<f64>() {
-            Ok(1.0) => Ok(1.0),
-            Ok(v) if v == 0.0 || v == -1.0 => Ok(0.0),
-            _ => bail!("invalid label '{other}' (expected 1.0, 0.0, -1.0 or blank)"),
-        },
-    }
-}
-
-/// Read a CheXpert-style CSV (train.csv, train_visualCheXbert.csv, valid.csv, CheXlocalize
-/// test_labels.csv).
-pub fn read_csv(path: &Path) -> Result<Vec<Record>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    parse_csv(&text).with_context(|| format!("{}", path.display()))
-}
-
-pub fn parse_csv(text: &str) -> Result<Vec<Record>> {
-    let mut reader = csv::ReaderBuilder::new().has_headers(true).flexible(false).from_reader(text.as_bytes());
-    let mut header: Vec<String> = reader.headers()?.iter().map(|h| h.trim().to_string()).collect();
-    let shift = |row: &mut Vec<String>| {
-        // visualCheXbert: No Finding last → position 5 (the seed's column shift).
-        let last = row.pop().expect("non-empty row");
-        row.insert(5.min(row.len()), last);
-    };
-    let visual = header.last().map(String::as_str) == Some("No Finding")
-        && header.get(5).map(String::as_str) != Some("No Finding");
-    if visual {
-        shift(&mut header);
-    }
-    if header.len() < 19 || header[0] != "Path" {
-        bail!(
-            "expected a CheXpert CSV (Path, Sex, Age, Frontal/Lateral, AP/PA, then the 14 findings); found columns {header:?}"
-        );
-    }
-    let labels = &header[5..19];
-    if labels.iter().map(String::as_str).ne(CHEXPERT_CLASSES.iter().copied()) {
-        bail!(
-            "columns 5..19 (after the visualCheXbert shift) must be the CheXpert findings in order {CHEXPERT_CLASSES:?}; found {labels:?}"
-        );
-    }
-    let mut records = Vec::new();
-    for (line, row) in reader.records().enumerate() {
-        let row = row.with_context(|| format!("row {}", line + 2))?;
-        let mut fields: Vec<String> = row.iter().map(str::to_string).collect();
-        if visual {
-            shift(&mut fields);
-        }
-        let mut values = [0f32; 14];
-        for (k, v) in values.iter_mut().enumerate() {
-            *v = parse_label(&fields[5 + k])
-                .with_context(|| format!("row {}, column '{}'", line + 2, CHEXPERT_CLASSES[k]))?;
-        }
-        records.push(Record { path: fields[0].clone(), labels: values });
-    }
-    Ok(records)
-}
+pub use medpatch_eval::labels::{Record, parse_csv, parse_label, read_csv};
 
 // ----------------------------------------------------------------------------------------------
 // Offline preprocessing
@@ -428,15 +358,6 @@ impl Drop for Loader {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn labels_map_like_the_seed() {
-        assert_eq!(parse_label("1.0").unwrap(), 1.0);
-        for t in ["0.0", "-1.0", "", " "] {
-            assert_eq!(parse_label(t).unwrap(), 0.0, "{t:?}");
-        }
-        assert!(parse_label("yes").is_err());
-    }
 
     #[test]
     fn crop_params_stay_inside_and_follow_scale() {

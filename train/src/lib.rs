@@ -3,17 +3,18 @@
 //! * [`model`] — torchvision-exact EfficientNetV2 / MedicalPatchNet in tch (torchvision names).
 //! * [`optim`], [`schedule`] — PyTorch's AdamW and OneCycleLR, written out (checkpointable).
 //! * [`data`] — CheXpert CSVs, offline preprocessing, loading, augmentation, worker threads.
-//! * [`synth`], [`rle`] — the synthetic chest X-ray benchmark and CheXlocalize's COCO RLE (no tch).
-//! * [`metrics`] — per-class AUROC.
+//! * [`synth`], [`rle`] — the synthetic chest X-ray benchmark (`medpatch-synth`) and CheXlocalize's
+//!   COCO RLE (`medpatch-eval`); no tch in either.
+//! * [`metrics`] — per-class AUROC (`medpatch-eval`, shared with `medpatch evaluate`).
 //! * [`trainer`] — the training loop, evaluation and checkpoints.
 
 pub mod data;
-pub mod metrics;
 pub mod model;
 pub mod optim;
-pub mod rle;
 pub mod schedule;
-pub mod synth;
 pub mod trainer;
+
+pub use medpatch_eval::{metrics, rle};
+pub use medpatch_synth as synth;
 
 pub use tch;

@@ -31,26 +31,14 @@
 //! Difficulty knobs ([`SynthConfig`]): finding contrast, finding size, noise, anatomical
 //! variability, prevalence, label noise. Written in the real formats (see [`write_benchmark`]).
 
-use crate::rle::{self, Mask};
+use medpatch_eval::rle::{self, Mask};
+
+pub use medpatch_eval::labels::{LOCALIZATION_TASKS, chexlocalize_id};
 use medpatch_models::CHEXPERT_CLASSES;
 use medpatch_models::Rng;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-
-/// CheXlocalize's ten localisation tasks, in its order ("Airspace Opacity" = CheXpert's Lung Opacity).
-pub const LOCALIZATION_TASKS: [&str; 10] = [
-    "Enlarged Cardiomediastinum",
-    "Cardiomegaly",
-    "Lung Lesion",
-    "Airspace Opacity",
-    "Edema",
-    "Consolidation",
-    "Atelectasis",
-    "Pneumothorax",
-    "Pleural Effusion",
-    "Support Devices",
-];
 
 /// Index of a CheXpert column.
 fn class(name: &str) -> usize {
@@ -1106,12 +1094,6 @@ pub const IMAGE_DIR: &str = "CheXpert-synthetic";
 
 fn relative_path(split: Split, index: u64) -> String {
     format!("{IMAGE_DIR}/{}/patient{:05}/study1/view1_frontal.jpg", split.name(), index + 1 + split.id() * 100_000)
-}
-
-/// CheXlocalize's image id for a path: `patient64541_study1_view1_frontal`.
-pub fn chexlocalize_id(path: &str) -> String {
-    let parts: Vec<&str> = path.trim_end_matches(".jpg").split('/').collect();
-    parts[parts.len().saturating_sub(3)..].join("_")
 }
 
 fn label_text(v: bool) -> &'static str {

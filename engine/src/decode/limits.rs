@@ -1,0 +1,41 @@
+//! Resource limits, checked before any decoder allocates, and the panic guard around decoders.
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+
+use super::DecodeError;
+
+/// Largest accepted width or height, in pixels.
+pub const MAX_SIDE: u32 = 16384;
+/// Largest accepted pixel count (width × height).
+pub const MAX_PIXELS: u64 = 1 << 28;
+/// Largest accepted input file, in bytes.
+pub const MAX_FILE_BYTES: u64 = 2 << 30;
+
+/// Refuse zero or absurd dimensions (called before any pixel buffer exists).
+pub(super) fn check_dimensions(width: u64, height: u64) -> Result<(), DecodeError> {
+    if width == 0 || height == 0 {
+        return Err(DecodeError::ZeroSize { width, height });
+    }
+    if width > MAX_SIDE as u64 || height > MAX_SIDE as u64 {
+        return Err(DecodeError::TooLarge { width, height, limit: format!("{MAX_SIDE} pixels per side") });
+    }
+    if width * height > MAX_PIXELS {
+        return Err(DecodeError::TooLarge { width, height, limit: format!("{MAX_PIXELS} pixels") });
+    }
+    Ok(())
+}
+
+/// Run a decoder, turning a panic into [`DecodeError::Corrupt`].
+pub(super) fn guarded<T>(format: &'static str, f: impl FnOnce() -> Result<T, DecodeError>) -> Result<T, DecodeError> {
+    match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(result) => result,
+        Err(payload) => {
+            let msg = payload
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".to_string());
+            Err(DecodeError::Corrupt { format, detail: format!("the decoder failed on this input ({msg})") })
+        }
+    }
+}

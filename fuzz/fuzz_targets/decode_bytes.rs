@@ -1,0 +1,12 @@
+//! The whole decoding entry point, format sniffing included (bare DICOM data sets too).
+#![no_main]
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    // Dependency panics that decode's guard catches become errors, which is the contract; the
+    // panic hook of libfuzzer-sys would abort on them first. An escaping panic still aborts (it
+    // cannot unwind into libFuzzer), so panics across the library boundary are still found.
+    static QUIET: std::sync::Once = std::sync::Once::new();
+    QUIET.call_once(|| std::panic::set_hook(Box::new(|_| {})));
+    let _ = medpatch_decode_shim::decode::decode_bytes(data, "fuzz.dcm");
+});
