@@ -110,8 +110,13 @@ public:
         detail::check(medpatch_options_set_ort_library(handle_.get(), path.c_str()));
         return *this;
     }
-    Options& tensorrt_fp16(bool enabled) {
-        detail::check(medpatch_options_set_tensorrt_fp16(handle_.get(), enabled));
+    /// "f32" (default), "bf16" (OpenVINO on CPUs with BF16) or "fp16" (TensorRT).
+    Options& precision(const std::string& precision) {
+        detail::check(medpatch_options_set_precision(handle_.get(), precision.c_str()));
+        return *this;
+    }
+    Options& openvino_library(const std::string& path) {
+        detail::check(medpatch_options_set_openvino_library(handle_.get(), path.c_str()));
         return *this;
     }
     Options& tensorrt_cache(const std::string& dir) {

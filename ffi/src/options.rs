@@ -115,8 +115,9 @@ pub unsafe extern "C" fn medpatch_options_set_default_model(options: *mut medpat
     })
 }
 
-/// The execution provider: `"auto"` (TensorRT → CUDA → ONNX Runtime CPU → tract, the first that
-/// initialises), `"tensorrt"`, `"cuda"`, `"cpu"` (ONNX Runtime's CPU provider) or `"tract"`
+/// The execution provider: `"auto"` (TensorRT → CUDA → ONNX Runtime CPU → OpenVINO → tract, the
+/// first that initialises at the requested precision), `"tensorrt"`, `"cuda"`, `"cpu"` (ONNX
+/// Runtime's CPU provider), `"openvino"` (OpenVINO's CPU plugin, loaded at run time) or `"tract"`
 /// (pure Rust, always available). An explicit provider that cannot run fails engine creation
 /// with `MEDPATCH_STATUS_PROVIDER_UNAVAILABLE`; an unknown name is `MEDPATCH_STATUS_INVALID_ARGUMENT`.
 ///
@@ -183,17 +184,36 @@ pub unsafe extern "C" fn medpatch_options_set_ort_library(
     })
 }
 
-/// TensorRT: build fp16 engines (`enabled` non-zero) or fp32 (zero, the default).
+/// The arithmetic precision: `"f32"` (the default: exact, every provider), `"bf16"` (OpenVINO on
+/// CPUs with AVX512-BF16 or AMX) or `"fp16"` (TensorRT). A reduced precision is checked against
+/// f32 when the engine is created; with provider `"auto"`, providers that cannot run it are
+/// skipped.
 ///
 /// # Safety
-/// `options` must be NULL or valid.
+/// `options` and `precision` must be NULL or valid.
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn medpatch_options_set_tensorrt_fp16(
+pub unsafe extern "C" fn medpatch_options_set_precision(
     options: *mut medpatch_options,
-    enabled: bool,
+    precision: *const c_char,
 ) -> medpatch_status {
     with_options(options, |o| {
-        o.backend.tensorrt_fp16 = enabled;
+        o.backend.precision = utf8_arg(precision, "precision")?.parse().map_err(Failure::invalid)?;
+        Ok(())
+    })
+}
+
+/// The OpenVINO C library (`libopenvino_c.so*`) or the folder that holds it (e.g. the `openvino`
+/// wheel's `openvino/libs`). Default: `OPENVINO_LIB_PATH`, then the active Python environment.
+///
+/// # Safety
+/// `options` and `path` must be NULL or valid.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn medpatch_options_set_openvino_library(
+    options: *mut medpatch_options,
+    path: *const c_char,
+) -> medpatch_status {
+    with_options(options, |o| {
+        o.backend.openvino_library = Some(path_arg(path, "path")?);
         Ok(())
     })
 }

@@ -82,7 +82,9 @@ fn null_arguments_are_errors_and_outputs_stay_untouched() {
         expect(medpatch_options_set_threads(null_mut(), 1), NUL, "options is NULL");
         expect(medpatch_options_set_batch_size(null_mut(), 1), NUL, "options is NULL");
         expect(medpatch_options_set_ort_library(options, null()), NUL, "path is NULL");
-        expect(medpatch_options_set_tensorrt_fp16(null_mut(), true), NUL, "options is NULL");
+        expect(medpatch_options_set_precision(null_mut(), c"f32".as_ptr()), NUL, "options is NULL");
+        expect(medpatch_options_set_precision(options, null()), NUL, "precision is NULL");
+        expect(medpatch_options_set_openvino_library(options, null()), NUL, "path is NULL");
         expect(medpatch_options_set_tensorrt_cache(options, null()), NUL, "path is NULL");
         let mut no_engine = null_mut();
         expect(medpatch_engine_new(null(), &mut no_engine), NUL, "options is NULL");
@@ -219,6 +221,7 @@ fn bad_inputs_get_their_status_and_a_message_naming_them() {
         let mut options = null_mut();
         medpatch_options_new(&mut options);
         expect(medpatch_options_set_provider(options, c"gpu".as_ptr()), S::InvalidArgument, "unknown provider 'gpu'");
+        expect(medpatch_options_set_precision(options, c"int8".as_ptr()), S::InvalidArgument, "unknown precision 'int8'");
         expect(medpatch_options_set_provider(options, c"cuda".as_ptr()), S::Ok, "");
         expect(medpatch_options_set_ort_library(options, c"/nonexistent/libonnxruntime.so".as_ptr()), S::Ok, "");
         let mut other = null_mut();

@@ -58,15 +58,19 @@ class Engine:
         self,
         model: str | os.PathLike[str] | bytes | None = None,
         *,
-        provider: Literal["auto", "tensorrt", "cuda", "cpu", "tract"] = "auto",
+        provider: Literal["auto", "tensorrt", "cuda", "cpu", "openvino", "tract"] = "auto",
+        precision: Literal["f32", "bf16", "fp16"] = "f32",
         threads: int = 0,
         batch_size: int | None = None,
         ort_library: str | os.PathLike[str] | None = None,
+        openvino_library: str | os.PathLike[str] | None = None,
     ) -> None:
         """model: None (embedded demo model, NOT diagnostic), an ONNX file from `medpatch export`,
-        or its bytes. provider "auto" tries TensorRT, CUDA, ONNX Runtime CPU, then tract.
+        or its bytes. provider "auto" tries TensorRT, CUDA, ONNX Runtime CPU, OpenVINO, then tract.
+        precision: "bf16" (OpenVINO, CPUs with BF16) or "fp16" (TensorRT) are checked against f32.
         threads: intra-op threads (0 = all cores). batch_size: patches per backend call.
-        ort_library: libonnxruntime.so (default: ORT_DYLIB_PATH, then this environment's wheel)."""
+        ort_library / openvino_library: the runtime's library (default: ORT_DYLIB_PATH /
+        OPENVINO_LIB_PATH, then this environment's onnxruntime / openvino wheel)."""
     def predict(self, image: ImageInput) -> Result:
         """Predict one X-ray. Raises FileNotFoundError, DecodeError, ValueError, TypeError, ..."""
     def predict_many(

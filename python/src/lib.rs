@@ -163,13 +163,25 @@ fn onnxruntime_wheel_library(py: Python<'_>) -> Option<PathBuf> {
     if std::env::var_os("ORT_DYLIB_PATH").is_some_and(|p| !p.is_empty()) {
         return None;
     }
-    let spec = py.import("importlib.util").ok()?.call_method1("find_spec", ("onnxruntime",)).ok()?;
+    newest_library_in_package(py, "onnxruntime", "capi", "libonnxruntime.so")
+}
+
+/// The `openvino` wheel's C library, found the same way (unless OPENVINO_LIB_PATH is set).
+fn openvino_wheel_library(py: Python<'_>) -> Option<PathBuf> {
+    if std::env::var_os(medpatch_engine::backend::OPENVINO_LIBRARY_ENV).is_some_and(|p| !p.is_empty()) {
+        return None;
+    }
+    newest_library_in_package(py, "openvino", "libs", "libopenvino_c.so")
+}
+
+/// `<package>/<folder>/<prefix>*` of an importable package, without importing it.
+fn newest_library_in_package(py: Python<'_>, package: &str, folder: &str, prefix: &str) -> Option<PathBuf> {
+    let spec = py.import("importlib.util").ok()?.call_method1("find_spec", (package,)).ok()?;
     let locations: Vec<PathBuf> = spec.getattr("submodule_search_locations").ok()?.extract().ok()?;
-    let capi = locations.first()?.join("capi");
-    let mut found: Vec<PathBuf> = std::fs::read_dir(capi)
+    let mut found: Vec<PathBuf> = std::fs::read_dir(locations.first()?.join(folder))
         .ok()?
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("libonnxruntime.so")))
+        .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(prefix)))
         .collect();
     found.sort();
     found.pop()
@@ -347,25 +359,35 @@ impl Engine {
 
 #[pymethods]
 impl Engine {
-    /// Engine(model=None, *, provider="auto", threads=0, batch_size=None, ort_library=None)
+    /// Engine(model=None, *, provider="auto", precision="f32", threads=0, batch_size=None,
+    ///        ort_library=None, openvino_library=None)
     ///
     /// model: None for the embedded demo model (trained on synthetic images: NOT a diagnostic
     /// model), a path to an ONNX file written by `medpatch export`, or its bytes.
-    /// provider: "auto" (TensorRT → CUDA → ONNX Runtime CPU → tract), "tensorrt", "cuda", "cpu"
-    /// or "tract". threads: intra-op threads (0: all cores). batch_size: patches per backend call.
-    /// ort_library: libonnxruntime.so to load (default: ORT_DYLIB_PATH, beside the executable, or
-    /// the onnxruntime wheel of this Python environment).
+    /// provider: "auto" (TensorRT → CUDA → ONNX Runtime CPU → OpenVINO → tract), "tensorrt",
+    /// "cuda", "cpu", "openvino" or "tract". precision: "f32", "bf16" (OpenVINO on CPUs with
+    /// BF16) or "fp16" (TensorRT), checked against f32 at start. threads: intra-op threads (0: all
+    /// cores). batch_size: patches per backend call. ort_library / openvino_library: the shared
+    /// library to load (default: ORT_DYLIB_PATH / OPENVINO_LIB_PATH, beside the executable, or the
+    /// onnxruntime / openvino wheel of this Python environment).
     #[new]
-    #[pyo3(signature = (model=None, *, provider="auto", threads=0, batch_size=None, ort_library=None))]
+    #[pyo3(signature = (
+        model=None, *, provider="auto", precision="f32", threads=0, batch_size=None, ort_library=None,
+        openvino_library=None
+    ))]
+    #[allow(clippy::too_many_arguments)] // Python keyword arguments
     fn new(
         py: Python<'_>,
         model: Option<&Bound<'_, PyAny>>,
         provider: &str,
+        precision: &str,
         threads: usize,
         batch_size: Option<usize>,
         ort_library: Option<PathBuf>,
+        openvino_library: Option<PathBuf>,
     ) -> PyResult<Self> {
         let provider: ProviderChoice = provider.parse().map_err(PyValueError::new_err)?;
+        let precision: medpatch_engine::Precision = precision.parse().map_err(PyValueError::new_err)?;
         let source = match model {
             None => ModelSource::Default,
             Some(m) if m.is_none() => ModelSource::Default,
@@ -395,8 +417,13 @@ impl Engine {
         if let Some(patches) = batch_size {
             builder = builder.batch_size(patches);
         }
-        let mut options = medpatch_engine::BackendOptions { threads, ..Default::default() };
-        options.ort_library = ort_library.or_else(|| onnxruntime_wheel_library(py));
+        let options = medpatch_engine::BackendOptions {
+            threads,
+            precision,
+            ort_library: ort_library.or_else(|| onnxruntime_wheel_library(py)),
+            openvino_library: openvino_library.or_else(|| openvino_wheel_library(py)),
+            ..Default::default()
+        };
         let builder = builder.backend_options(options);
         let engine = detached(py, move || builder.build())?;
         let classes: Arc<[String]> = engine.model().metadata.classes.clone().into();

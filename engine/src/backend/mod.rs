@@ -133,17 +133,6 @@ pub struct BackendOptions {
     pub openvino_library: Option<PathBuf>,
     /// TensorRT: where built engines are cached (building one takes minutes).
     pub tensorrt_cache: Option<PathBuf>,
-    /// Deprecated: TensorRT at fp16 whatever `precision` says (the C API's
-    /// `medpatch_options_set_tensorrt_fp16` still sets it). Use `precision: Precision::Fp16`.
-    #[doc(hidden)]
-    pub tensorrt_fp16: bool,
-}
-
-impl BackendOptions {
-    /// The precision `provider` would run at with these options.
-    pub fn precision_for(&self, provider: Provider) -> Precision {
-        if provider == Provider::TensorRt && self.tensorrt_fp16 { Precision::Fp16 } else { self.precision }
-    }
 }
 
 /// Runs the patch backbone: `patches` is `[n, C, P, P]` row-major, the result `[n, classes]`.
@@ -188,7 +177,7 @@ fn start(
     provider: Provider,
     options: &BackendOptions,
 ) -> Result<(Box<dyn Backend>, Option<PrecisionCheck>), String> {
-    let precision = options.precision_for(provider);
+    let precision = options.precision;
     if !provider.precisions().contains(&precision) {
         let runs: Vec<&str> = provider.precisions().iter().map(|p| p.name()).collect();
         let who: Vec<&str> =
