@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs everything the full test suite needs, from the package registries only, pinned:
 # the Python reference environment in .venv (torch/torchvision, onnx, onnxruntime, PIL, pydicom,
-# pytest, cmake, maturin), cbindgen (.cache/tools), and the `medpatch` Python package itself
+# pytest, cmake, maturin), cbindgen (.cache/tools), the aarch64 cross toolchain and qemu-user (apt,
+# rustup), and the `medpatch` Python package itself
 # (`pip install ./python`, built with the workspace's dev profile so that the Rust test build
 # reuses it). Re-running it is fast: nothing is reinstalled while scripts/requirements-test.txt is
 # unchanged, and pip's cache is reused otherwise.
@@ -36,6 +37,23 @@ if [ -z "$ORT_LIB" ]; then
     exit 1
 fi
 echo "setup: ONNX Runtime library: $ORT_LIB"
+
+# The edge build's cross toolchain (scripts/edge-build.sh): Debian's aarch64 linker and C compiler
+# (a few C dependencies, e.g. OpenJPEG), qemu-user to run the result, and Rust's aarch64 target.
+missing=()
+for pkg in gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user; do
+    dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "setup: apt-get install ${missing[*]} (edge build: aarch64 cross compiler and qemu)"
+    SUDO=$([ "$(id -u)" = 0 ] || echo sudo)
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+if ! rustup target list --installed | grep -qx aarch64-unknown-linux-gnu; then
+    echo "setup: rustup target add aarch64-unknown-linux-gnu"
+    rustup target add aarch64-unknown-linux-gnu
+fi
 
 # cbindgen regenerates ffi/include/medpatch.h; a test checks the committed header against it.
 CBINDGEN_VERSION=0.29.4

@@ -27,6 +27,11 @@ echo "== Formatting and lints"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
+echo "== The edge build (tract only, aarch64; tests/edge_build.rs runs it under qemu)"
+# -D warnings: compiler warnings in the tract-only configuration fail the suite as clippy's do above.
+MEDPATCH_EDGE_BIN=$(RUSTFLAGS="-D warnings" scripts/edge-build.sh)
+export MEDPATCH_EDGE_BIN
+
 echo "== Rust tests (workspace, train included; the C API's examples are built and run by ffi/tests/packaging.rs)"
 # medpatch-python is a Python extension module: scripts/setup.sh builds and installs it with
 # `pip install ./python`, and pytest tests that install below.

@@ -236,13 +236,24 @@ enum medpatch_status medpatch_engine_class_name(const struct medpatch_engine *en
                                                 const char **out);
 
 /**
- * The provider that really runs: `"tensorrt"`, `"cuda"`, `"cpu"` or `"tract"` (static string).
+ * The provider that really runs: `"tensorrt"`, `"cuda"`, `"cpu"`, `"openvino"` or `"tract"`
+ * (static string).
  *
  * # Safety
  * `engine` and `out` must be NULL or valid.
  */
 enum medpatch_status medpatch_engine_provider(const struct medpatch_engine *engine,
                                               const char **out);
+
+/**
+ * The precision the backend really computes in: `"f32"`, `"bf16"` or `"fp16"` (static string).
+ * A reduced precision passed its self-check against f32 when the engine was created.
+ *
+ * # Safety
+ * `engine` and `out` must be NULL or valid.
+ */
+enum medpatch_status medpatch_engine_precision(const struct medpatch_engine *engine,
+                                               const char **out);
 
 /**
  * How many providers `auto` tried and skipped before the one that runs.
@@ -306,7 +317,8 @@ enum medpatch_status medpatch_predict_pixels(const struct medpatch_engine *engin
                                              struct medpatch_result **out);
 
 /**
- * Predict `count` files in one batch (their patches go through the backend together).
+ * Predict `count` files in batches (several images' patches go through the backend together,
+ * and the next images are decoded meanwhile).
  * `results[i]` receives the result of `paths[i]` (owned by the caller) or NULL, and
  * `statuses[i]` its status. The call itself returns `MEDPATCH_STATUS_OK` when every item
  * succeeded, else the status of the first failed item; the last error then holds one line per
@@ -370,8 +382,9 @@ enum medpatch_status medpatch_options_set_model_bytes(struct medpatch_options *o
 enum medpatch_status medpatch_options_set_default_model(struct medpatch_options *options);
 
 /**
- * The execution provider: `"auto"` (TensorRT → CUDA → ONNX Runtime CPU → tract, the first that
- * initialises), `"tensorrt"`, `"cuda"`, `"cpu"` (ONNX Runtime's CPU provider) or `"tract"`
+ * The execution provider: `"auto"` (TensorRT → CUDA → ONNX Runtime CPU → OpenVINO → tract, the
+ * first that initialises at the requested precision), `"tensorrt"`, `"cuda"`, `"cpu"` (ONNX
+ * Runtime's CPU provider), `"openvino"` (OpenVINO's CPU plugin, loaded at run time) or `"tract"`
  * (pure Rust, always available). An explicit provider that cannot run fails engine creation
  * with `MEDPATCH_STATUS_PROVIDER_UNAVAILABLE`; an unknown name is `MEDPATCH_STATUS_INVALID_ARGUMENT`.
  *
@@ -411,13 +424,26 @@ enum medpatch_status medpatch_options_set_ort_library(struct medpatch_options *o
                                                       const char *path);
 
 /**
- * TensorRT: build fp16 engines (`enabled` non-zero) or fp32 (zero, the default).
+ * The arithmetic precision: `"f32"` (the default: exact, every provider), `"bf16"` (OpenVINO on
+ * CPUs with AVX512-BF16 or AMX) or `"fp16"` (TensorRT). A reduced precision is checked against
+ * f32 when the engine is created; with provider `"auto"`, providers that cannot run it are
+ * skipped.
  *
  * # Safety
- * `options` must be NULL or valid.
+ * `options` and `precision` must be NULL or valid.
  */
-enum medpatch_status medpatch_options_set_tensorrt_fp16(struct medpatch_options *options,
-                                                        bool enabled);
+enum medpatch_status medpatch_options_set_precision(struct medpatch_options *options,
+                                                    const char *precision);
+
+/**
+ * The OpenVINO C library (`libopenvino_c.so*`) or the folder that holds it (e.g. the `openvino`
+ * wheel's `openvino/libs`). Default: `OPENVINO_LIB_PATH`, then the active Python environment.
+ *
+ * # Safety
+ * `options` and `path` must be NULL or valid.
+ */
+enum medpatch_status medpatch_options_set_openvino_library(struct medpatch_options *options,
+                                                           const char *path);
 
 /**
  * TensorRT: cache built engines in the folder `path` (created if missing); building one takes

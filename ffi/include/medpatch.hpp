@@ -193,6 +193,12 @@ public:
         detail::check(medpatch_engine_provider(handle_.get(), &name));
         return name;
     }
+    /// "f32", "bf16" or "fp16": what the backend really computes in.
+    std::string precision() const {
+        const char* name = nullptr;
+        detail::check(medpatch_engine_precision(handle_.get(), &name));
+        return name;
+    }
     /// Providers `auto` skipped, with the reason for each.
     std::vector<std::pair<std::string, std::string>> skipped() const {
         std::vector<std::pair<std::string, std::string>> out(size(medpatch_engine_skipped_count));

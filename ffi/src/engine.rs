@@ -157,7 +157,8 @@ pub unsafe extern "C" fn medpatch_engine_class_name(
     })
 }
 
-/// The provider that really runs: `"tensorrt"`, `"cuda"`, `"cpu"` or `"tract"` (static string).
+/// The provider that really runs: `"tensorrt"`, `"cuda"`, `"cpu"`, `"openvino"` or `"tract"`
+/// (static string).
 ///
 /// # Safety
 /// `engine` and `out` must be NULL or valid.
@@ -179,8 +180,31 @@ pub(crate) fn provider_name(provider: ::medpatch_engine::Provider) -> &'static s
         P::TensorRt => c"tensorrt",
         P::Cuda => c"cuda",
         P::Cpu => c"cpu",
+        P::OpenVino => c"openvino",
         P::Tract => c"tract",
     }
+}
+
+/// The precision the backend really computes in: `"f32"`, `"bf16"` or `"fp16"` (static string).
+/// A reduced precision passed its self-check against f32 when the engine was created.
+///
+/// # Safety
+/// `engine` and `out` must be NULL or valid.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn medpatch_engine_precision(
+    engine: *const medpatch_engine,
+    out: *mut *const c_char,
+) -> medpatch_status {
+    guard(|| {
+        let engine = arg(engine, "engine")?;
+        *out_arg(out, "out")? = match engine.engine.precision() {
+            ::medpatch_engine::Precision::F32 => c"f32",
+            ::medpatch_engine::Precision::Bf16 => c"bf16",
+            ::medpatch_engine::Precision::Fp16 => c"fp16",
+        }
+        .as_ptr();
+        Ok(())
+    })
 }
 
 /// How many providers `auto` tried and skipped before the one that runs.

@@ -221,7 +221,11 @@ fn bad_inputs_get_their_status_and_a_message_naming_them() {
         let mut options = null_mut();
         medpatch_options_new(&mut options);
         expect(medpatch_options_set_provider(options, c"gpu".as_ptr()), S::InvalidArgument, "unknown provider 'gpu'");
-        expect(medpatch_options_set_precision(options, c"int8".as_ptr()), S::InvalidArgument, "unknown precision 'int8'");
+        expect(
+            medpatch_options_set_precision(options, c"int8".as_ptr()),
+            S::InvalidArgument,
+            "unknown precision 'int8'",
+        );
         expect(medpatch_options_set_provider(options, c"cuda".as_ptr()), S::Ok, "");
         expect(medpatch_options_set_ort_library(options, c"/nonexistent/libonnxruntime.so".as_ptr()), S::Ok, "");
         let mut other = null_mut();
@@ -336,24 +340,84 @@ fn engine_description() {
         expect(medpatch_engine_class_name(engine, 14, &mut name), medpatch_status::InvalidArgument, "out of range");
         expect(medpatch_engine_provider(engine, &mut name), medpatch_status::Ok, "");
         assert_eq!(CStr::from_ptr(name).to_str().unwrap(), "tract");
+        expect(medpatch_engine_precision(engine, &mut name), medpatch_status::Ok, "");
+        assert_eq!(CStr::from_ptr(name).to_str().unwrap(), "f32");
         let mut yes = false;
         expect(medpatch_engine_is_default_model(engine, &mut yes), medpatch_status::Ok, "");
         assert!(yes);
         medpatch_engine_free(&mut engine);
 
-        // auto without ONNX Runtime: lands on tract and says why each earlier provider was skipped.
+        // auto without ONNX Runtime or OpenVINO: lands on tract and says why each earlier provider
+        // was skipped.
         let mut options = null_mut();
         medpatch_options_new(&mut options);
         medpatch_options_set_ort_library(options, c"/nonexistent/libonnxruntime.so".as_ptr());
+        medpatch_options_set_openvino_library(options, c"/nonexistent/libopenvino_c.so".as_ptr());
         expect(medpatch_engine_new(options, &mut engine), medpatch_status::Ok, "");
+        expect(medpatch_engine_provider(engine, &mut name), medpatch_status::Ok, "");
+        assert_eq!(CStr::from_ptr(name).to_str().unwrap(), "tract");
         expect(medpatch_engine_skipped_count(engine, &mut n), medpatch_status::Ok, "");
-        assert_eq!(n, 3);
+        assert_eq!(n, 4);
         let (mut provider, mut reason) = (null(), null());
         expect(medpatch_engine_skipped(engine, 2, &mut provider, &mut reason), medpatch_status::Ok, "");
         assert_eq!(CStr::from_ptr(provider).to_str().unwrap(), "cpu");
         assert!(CStr::from_ptr(reason).to_str().unwrap().contains("/nonexistent/libonnxruntime.so"));
+        expect(medpatch_engine_skipped(engine, 3, &mut provider, &mut reason), medpatch_status::Ok, "");
+        assert_eq!(CStr::from_ptr(provider).to_str().unwrap(), "openvino");
+        assert!(CStr::from_ptr(reason).to_str().unwrap().contains("/nonexistent/libopenvino_c.so"));
         medpatch_options_free(&mut options);
         medpatch_engine_free(&mut engine);
+    }
+}
+
+/// The pinned `openvino` wheel's library folder in the repository's venv (scripts/setup.sh).
+fn venv_openvino_libs() -> CString {
+    let lib = repo().join(".venv/lib");
+    let found = std::fs::read_dir(&lib)
+        .ok()
+        .and_then(|entries| {
+            entries.filter_map(|e| e.ok().map(|e| e.path().join("site-packages/openvino/libs"))).find(|p| p.is_dir())
+        })
+        .unwrap_or_else(|| panic!("no openvino wheel under {}: run scripts/setup.sh", lib.display()));
+    CString::new(found.to_str().unwrap()).unwrap()
+}
+
+#[test]
+fn openvino_and_precision_through_the_c_api() {
+    let reference = unsafe {
+        let engine = tract_engine();
+        let mut result = null_mut();
+        expect(medpatch_predict_file(engine, bundled_xray().as_ptr(), &mut result), medpatch_status::Ok, "");
+        let l = logits(result);
+        medpatch_result_free(&mut result);
+        let mut engine = engine;
+        medpatch_engine_free(&mut engine);
+        l
+    };
+    unsafe {
+        let mut options = null_mut();
+        medpatch_options_new(&mut options);
+        expect(medpatch_options_set_provider(options, c"openvino".as_ptr()), medpatch_status::Ok, "");
+        expect(medpatch_options_set_precision(options, c"f32".as_ptr()), medpatch_status::Ok, "");
+        let libs = venv_openvino_libs();
+        expect(medpatch_options_set_openvino_library(options, libs.as_ptr()), medpatch_status::Ok, "");
+        let mut engine = null_mut();
+        expect(medpatch_engine_new(options, &mut engine), medpatch_status::Ok, "");
+        let mut name = null();
+        expect(medpatch_engine_provider(engine, &mut name), medpatch_status::Ok, "");
+        assert_eq!(CStr::from_ptr(name).to_str().unwrap(), "openvino");
+        let mut result = null_mut();
+        expect(medpatch_predict_file(engine, bundled_xray().as_ptr(), &mut result), medpatch_status::Ok, "");
+        let worst = logits(result).iter().zip(&reference).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+        assert!(worst <= 1e-4, "OpenVINO f32 vs tract: max |Δ logit| {worst}");
+        medpatch_result_free(&mut result);
+        medpatch_engine_free(&mut engine);
+
+        // A precision the provider cannot run: engine creation fails and says why.
+        expect(medpatch_options_set_precision(options, c"fp16".as_ptr()), medpatch_status::Ok, "");
+        expect(medpatch_engine_new(options, &mut engine), medpatch_status::ProviderUnavailable, "not fp16");
+        assert!(engine.is_null());
+        medpatch_options_free(&mut options);
     }
 }
 

@@ -458,11 +458,10 @@ impl Engine {
         // Pipelined, without the GIL: the next images are decoded while the backend runs.
         let mut predictions = Vec::with_capacity(valid.len());
         detached(py, || {
-            self.engine
-                .predict_pipelined(&valid, per_batch, |_, r| -> Result<(), EngineError> {
-                    predictions.push(r);
-                    Ok(())
-                })
+            self.engine.predict_pipelined(&valid, per_batch, |_, r| -> Result<(), EngineError> {
+                predictions.push(r);
+                Ok(())
+            })
         })?;
         let mut predictions = predictions.into_iter();
         let mut out = Vec::with_capacity(converted.len());
@@ -531,10 +530,16 @@ impl Engine {
     fn classes(&self) -> Vec<String> {
         self.classes.to_vec()
     }
-    /// The provider that really runs: "tensorrt", "cuda", "cpu" or "tract".
+    /// The provider that really runs: "tensorrt", "cuda", "cpu", "openvino" or "tract".
     #[getter]
     fn provider(&self) -> &'static str {
         self.engine.provider().name()
+    }
+    /// The precision the backend really computes in: "f32", "bf16" or "fp16" (a reduced one
+    /// passed its self-check against f32 when the engine was built).
+    #[getter]
+    fn precision(&self) -> &'static str {
+        self.engine.precision().name()
     }
     /// Providers that "auto" tried first and why each was skipped: [(name, reason)].
     #[getter]

@@ -131,9 +131,13 @@ struct Localization {
     geometry: Geometry,
     /// task → (image id, summary)
     summaries: BTreeMap<&'static str, Vec<(String, MapSummary)>>,
-    /// Model-space maps kept for the saliency sheets: (task, id) → (map, width, height, rect).
-    sheet_maps: BTreeMap<(&'static str, String), (Vec<f32>, usize, usize, Rect)>,
+    /// Model-space maps kept for the saliency sheets, by (task, image id).
+    sheet_maps: BTreeMap<(&'static str, String), SheetMap>,
 }
+
+/// A saliency map kept for a sheet: values (width × height, row-major), width, height, and the
+/// rectangle of the original image it covers.
+type SheetMap = (Vec<f32>, usize, usize, Rect);
 
 pub fn run(args: EvaluateArgs) -> Result<ExitCode> {
     if args.bench {

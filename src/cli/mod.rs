@@ -68,7 +68,6 @@ impl EngineArgs {
                 ort_library: self.ort_lib.clone(),
                 openvino_library: self.openvino_lib.clone(),
                 tensorrt_cache: self.trt_cache.clone(),
-                ..Default::default()
             })
             .build()?)
     }

@@ -9,7 +9,6 @@ pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// `../shared/data/cxr` beside the checkout (CI has it too).
 /// Whether `../shared/data/cxr` is beside the checkout. Tests that need the real X-rays start
 /// with `if skip_without_shared() { return; }`: without them they say so and pass, rather than
 /// fail on a machine that lacks the data (CI always has it).

@@ -108,7 +108,7 @@ def test_equal_to_the_cli_json_and_npy(tmp_path, provider):
     cli = subprocess.run(cmd + [str(p) for p in images], capture_output=True, text=True, check=True)
     records = [json.loads(line) for line in cli.stdout.splitlines()]
     eng = medpatch.Engine(provider=provider)
-    assert eng.provider == provider
+    assert eng.provider == provider and eng.precision == "f32"
     results = eng.predict_many(images)
     assert len(results) == len(records) == len(images)
     for path, record, result in zip(images, records, results):

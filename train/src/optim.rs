@@ -133,14 +133,14 @@ impl AdamW {
             }
             let _ = self.exp_avg.lerp_(grad, 1.0 - b1);
             // v ← β2·v + ((1 − β2)·g)·g
-            let _ = self.scratch.copy_(grad);
+            self.scratch.copy_(grad);
             let _ = self.scratch.g_mul_scalar_(1.0 - b2);
             let _ = self.exp_avg_sq.g_mul_scalar_(b2).addcmul_(&self.scratch, grad);
             // denom = √v / √(1 − β2ᵗ) + eps
-            let _ = self.denom.copy_(&self.exp_avg_sq);
+            self.denom.copy_(&self.exp_avg_sq);
             let _ = self.denom.sqrt_().g_div_scalar_(bias_correction2_sqrt).g_add_scalar_(self.eps);
             // p ← p + (m / denom)·(−lr / (1 − β1ᵗ))
-            let _ = self.scratch.copy_(&self.exp_avg);
+            self.scratch.copy_(&self.exp_avg);
             let _ = self.scratch.g_div_(&self.denom).g_mul_scalar_(-step_size);
             let _ = self.flat.g_add_(&self.scratch);
         });

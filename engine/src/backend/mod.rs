@@ -7,7 +7,9 @@
 //! provider it skipped is returned with the reason. A backend at reduced precision (bf16, fp16)
 //! must first pass a self-check against f32 (see [`precision`]).
 
+#[cfg(feature = "onnxruntime")]
 mod onnxruntime;
+#[cfg(feature = "openvino")]
 mod openvino;
 pub mod precision;
 mod tract;
@@ -17,7 +19,9 @@ use crate::model::Model;
 use serde::Serialize;
 use std::path::PathBuf;
 
+#[cfg(feature = "openvino")]
 pub use self::openvino::{OPENVINO_LIBRARY_ENV, default_openvino_library, loaded_openvino_library};
+#[cfg(feature = "onnxruntime")]
 pub use onnxruntime::{OrtLibrary, default_ort_library};
 pub use precision::{Bound, Precision, PrecisionCheck, REDUCED_PRECISION_BOUND};
 
@@ -159,13 +163,23 @@ fn build(
     precision: Precision,
     options: &BackendOptions,
 ) -> Result<Box<dyn Backend>, String> {
+    // Unused by the edge build (tract only).
+    let _ = precision;
     match provider {
         Provider::Tract => tract::TractBackend::new(model, options).map(|b| Box::new(b) as Box<dyn Backend>),
+        #[cfg(feature = "openvino")]
         Provider::OpenVino => {
             self::openvino::OpenVinoBackend::new(model, precision, options).map(|b| Box::new(b) as Box<dyn Backend>)
         }
-        ort_provider => onnxruntime::OrtBackend::new(model, ort_provider, precision, options)
-            .map(|b| Box::new(b) as Box<dyn Backend>),
+        #[cfg(feature = "onnxruntime")]
+        Provider::TensorRt | Provider::Cuda | Provider::Cpu => {
+            onnxruntime::OrtBackend::new(model, provider, precision, options).map(|b| Box::new(b) as Box<dyn Backend>)
+        }
+        #[allow(unreachable_patterns)] // with every runtime compiled in
+        other => Err(format!(
+            "{} is not compiled into this build (the edge build: tract only); rebuild with the default features",
+            other.describe()
+        )),
     }
 }
 

@@ -73,10 +73,10 @@ pub fn default_openvino_library() -> Option<PathBuf> {
         // A folder is resolved, and a wrong value reported, by the loader.
         return Some(PathBuf::from(p));
     }
-    if let Some(exe_dir) = std::env::current_exe().ok().and_then(|e| e.parent().map(Path::to_path_buf)) {
-        if let Some(p) = c_library_in(&exe_dir).or_else(|| c_library_in(&exe_dir.join("lib"))) {
-            return Some(p);
-        }
+    if let Some(exe_dir) = std::env::current_exe().ok().and_then(|e| e.parent().map(Path::to_path_buf))
+        && let Some(p) = c_library_in(&exe_dir).or_else(|| c_library_in(&exe_dir.join("lib")))
+    {
+        return Some(p);
     }
     for var in ["VIRTUAL_ENV", "CONDA_PREFIX"] {
         if let Some(p) =

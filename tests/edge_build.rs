@@ -1,0 +1,76 @@
+//! The edge build (tract only, cross-compiled for aarch64 by scripts/edge-build.sh) runs under
+//! qemu-aarch64 and gives the x86 build's answers on the bundled X-ray.
+//!
+//! scripts/test.sh builds it and names it in `MEDPATCH_EDGE_BIN`; without that variable this test
+//! says so and passes (a plain `cargo test` does not cross-compile).
+
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+const XRAY: &str = "assets/00001369_000.png";
+/// ELF `e_machine` of 64-bit ARM.
+const EM_AARCH64: u16 = 183;
+
+fn edge_binary() -> Option<PathBuf> {
+    let path = std::env::var_os("MEDPATCH_EDGE_BIN").map(PathBuf::from);
+    if path.is_none() {
+        eprintln!("SKIPPED: MEDPATCH_EDGE_BIN is not set (scripts/test.sh builds the edge binary and sets it)");
+    }
+    path
+}
+
+fn under_qemu(binary: &Path, args: &[&str]) -> Output {
+    Command::new("qemu-aarch64")
+        .args(["-L", "/usr/aarch64-linux-gnu"])
+        .arg(binary)
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("qemu-aarch64 runs (Debian qemu-user, installed by scripts/setup.sh)")
+}
+
+fn logits(out: &Output) -> Vec<f64> {
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let record: Value = serde_json::from_slice(&out.stdout).expect("one JSON record");
+    record["logits"].as_object().expect("logits").values().map(|v| v.as_f64().unwrap()).collect()
+}
+
+#[test]
+fn the_aarch64_tract_build_equals_the_x86_build_on_the_bundled_xray() {
+    let Some(edge) = edge_binary() else { return };
+    let bytes = std::fs::read(&edge).unwrap_or_else(|e| panic!("{}: {e}", edge.display()));
+    assert_eq!(&bytes[..4], b"\x7fELF", "{} is not an ELF file", edge.display());
+    assert_eq!(u16::from_le_bytes([bytes[18], bytes[19]]), EM_AARCH64, "{} is not an aarch64 binary", edge.display());
+    // Neither runtime's loader is linked in: their entry points' names appear nowhere.
+    for symbol in [&b"OrtGetApiBase"[..], b"ov_core_create"] {
+        assert!(
+            !bytes.windows(symbol.len()).any(|w| w == symbol),
+            "the edge build contains {}",
+            String::from_utf8_lossy(symbol)
+        );
+    }
+
+    let args = ["predict", "--provider", "tract", "--threads", "2", XRAY];
+    let edge_logits = logits(&under_qemu(&edge, &args));
+    let x86 = Command::new(env!("CARGO_BIN_EXE_medpatch"))
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    let x86_logits = logits(&x86);
+    assert_eq!(edge_logits.len(), 14);
+    let worst = edge_logits.iter().zip(&x86_logits).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+    eprintln!("aarch64 (qemu) vs x86, tract, 14 image logits: max |Δ| {worst:.2e}");
+    assert!(worst <= 1e-4, "aarch64 and x86 differ by {worst}");
+
+    // `auto` lands on tract and says why the others were skipped; asking for them is an error.
+    let auto = under_qemu(&edge, &["predict", XRAY]);
+    let stderr = String::from_utf8_lossy(&auto.stderr);
+    assert_eq!(logits(&auto), edge_logits);
+    assert!(stderr.contains("ONNX Runtime CPU execution provider is not compiled into this build"), "{stderr}");
+    let cpu = under_qemu(&edge, &["predict", "--provider", "cpu", XRAY]);
+    let stderr = String::from_utf8_lossy(&cpu.stderr);
+    assert_eq!(cpu.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("not compiled into this build (the edge build: tract only)"), "{stderr}");
+}
