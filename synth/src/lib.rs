@@ -16,7 +16,7 @@
 //! | Enlarged Cardiomediastinum | upper mediastinum widened (and a bigger aortic knob) | mediastinum above the heart |
 //! | Cardiomegaly | heart 1.25–1.5× wider (cardiothoracic ratio > 0.55) | heart silhouette |
 //! | Lung Lesion | 1–3 round nodules/masses | the nodules |
-//! | Lung Opacity | patchy hazy opacity; also implied by edema, consolidation, pneumonia, atelectasis | "Airspace Opacity": union of those regions |
+//! | Lung Opacity | patchy hazy opacity; **labelled positive too** whenever edema, consolidation, pneumonia or atelectasis is (CheXpert's hierarchy, upwards) | "Airspace Opacity": union of those regions |
 //! | Edema | bilateral perihilar haze and Kerley B lines | haze and Kerley-line bands |
 //! | Consolidation | dense homogeneous region with air bronchograms | the region |
 //! | Pneumonia | mottled cluster of small opacities in a lower zone | (no task; part of Airspace Opacity) |
@@ -27,6 +27,9 @@
 //! | Fracture | a rib broken and displaced, with callus | (no task) |
 //! | Support Devices | endotracheal tube, central line, pacemaker with lead, NG tube, ECG electrodes | the devices (dilated 2 px) |
 //! | No Finding | 1 when none of the 12 pathologies is present (Support Devices do not count, as in CheXpert's labeler) | — |
+//!
+//! Labels and masks agree: for each CheXlocalize task, the label is positive exactly when the
+//! ground-truth mask is non-empty (Airspace Opacity ↔ the Lung Opacity column).
 //!
 //! Difficulty knobs ([`SynthConfig`]): finding contrast, finding size, noise, anatomical
 //! variability, prevalence, label noise. Written in the real formats (see [`write_benchmark`]).
@@ -39,6 +42,10 @@ use medpatch_models::Rng;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+
+/// The findings whose regions make up the "Airspace Opacity" mask besides the Lung Opacity patch;
+/// each implies a positive Lung Opacity label (CheXpert's hierarchy, see [`render`]).
+pub const AIRSPACE_CHILDREN: [&str; 4] = ["Edema", "Consolidation", "Pneumonia", "Atelectasis"];
 
 /// Index of a CheXpert column.
 fn class(name: &str) -> usize {
@@ -1043,6 +1050,16 @@ pub fn render(config: &SynthConfig, split: Split, index: u64) -> Sample {
         }
     }
 
+    // CheXpert's hierarchy, upwards: Lung Opacity is the parent of the airspace findings, so a
+    // positive Edema, Consolidation, Pneumonia or Atelectasis makes Lung Opacity positive. The
+    // "Airspace Opacity" mask is the union of exactly these regions (plus the Lung Opacity patch
+    // itself), so the column and its mask agree. Lung Lesion (CheXpert also files it under Lung
+    // Opacity) is left out: nodules are not airspace disease, CheXlocalize localises them as their
+    // own task, and the Airspace Opacity mask does not contain them. Applied after drawing, so
+    // the images and masks are those of the independent draws.
+    if AIRSPACE_CHILDREN.iter().any(|n| has(&labels, n)) {
+        labels[class("Lung Opacity")] = true;
+    }
     // No Finding: none of the 12 pathologies (Support Devices do not count).
     labels[0] = !CHEXPERT_CLASSES.iter().enumerate().any(|(k, n)| k > 0 && *n != "Support Devices" && labels[k]);
     Sample {
@@ -1263,23 +1280,47 @@ mod tests {
                 let positive = s.labels[class(column)];
                 let mask = &s.masks[task];
                 assert_eq!((mask.height, mask.width), (s.height, s.width));
-                if task == "Airspace Opacity" {
-                    // Implied by edema, consolidation, pneumonia and atelectasis too.
-                    let implied = ["Lung Opacity", "Edema", "Consolidation", "Pneumonia", "Atelectasis"]
-                        .iter()
-                        .any(|n| s.labels[class(n)]);
-                    assert_eq!(!mask.is_empty(), implied, "image {i} {task}");
-                } else {
-                    assert_eq!(
-                        !mask.is_empty(),
-                        positive,
-                        "image {i} {task}: label {positive}, mask {} px",
-                        mask.count()
-                    );
-                }
+                assert_eq!(!mask.is_empty(), positive, "image {i} {task}: label {positive}, mask {} px", mask.count());
+            }
+            // The hierarchy: every airspace finding makes Lung Opacity positive.
+            if AIRSPACE_CHILDREN.iter().any(|n| s.labels[class(n)]) {
+                assert!(s.labels[class("Lung Opacity")], "image {i}");
             }
             let pathology = (1..14).any(|k| CHEXPERT_CLASSES[k] != "Support Devices" && s.labels[k]);
             assert_eq!(s.labels[0], !pathology);
+        }
+    }
+
+    /// What a user gets on disk: for every image of the written valid and test splits and every
+    /// CheXlocalize task, the CSV label (Airspace Opacity → the Lung Opacity column) is positive
+    /// exactly when the ground-truth mask in `gt_segmentations_*.json` is non-empty, at the
+    /// default difficulty and prevalence.
+    #[test]
+    fn written_labels_agree_with_written_masks() {
+        let root = std::env::temp_dir().join(format!("medpatch-synth-agree-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let config = SynthConfig { width: 128, train: 0, valid: 60, test: 60, ..Default::default() };
+        let layout = write_benchmark(&config, &root, 2, &|_, _| {}).unwrap();
+        let mut positives: BTreeMap<&str, usize> = BTreeMap::new();
+        for (csv, gt) in [(&layout.valid_csv, &layout.gt_val), (&layout.test_csv, &layout.gt_test)] {
+            let records = medpatch_eval::labels::read_csv(csv).unwrap();
+            let gt: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(gt).unwrap()).unwrap();
+            assert_eq!(records.len(), 60);
+            for r in &records {
+                let masks = &gt[chexlocalize_id(&r.path)];
+                for task in LOCALIZATION_TASKS {
+                    let column = medpatch_eval::labels::task_class(task);
+                    let label = r.labels[class(column)] == 1.0;
+                    let mask = rle::decode_json(&masks[task]).unwrap();
+                    assert_eq!(label, !mask.is_empty(), "{} {task}: label {label}, mask {} px", r.path, mask.count());
+                    *positives.entry(task).or_default() += label as usize;
+                }
+            }
+        }
+        let _ = std::fs::remove_dir_all(&root);
+        // Not vacuous: every task has positive images (and Lung Opacity now also from its children).
+        for task in LOCALIZATION_TASKS {
+            assert!(positives.get(task).copied().unwrap_or(0) > 0, "no positive {task} in 120 images: {positives:?}");
         }
     }
 
