@@ -2,22 +2,23 @@
 # The edge build: `medpatch` with tract only (pure Rust: no ONNX Runtime or OpenVINO code),
 # cross-compiled for 64-bit ARM Linux. Prints the binary's path on stdout.
 #
-#   scripts/edge-build.sh [--target TRIPLE] [--release]
+#   scripts/edge-build.sh [--target TRIPLE] [--release | --profile NAME]
 #
 # Default target aarch64-unknown-linux-gnu (linker and qemu runner: .cargo/config.toml; toolchain
-# installed by scripts/setup.sh). Default profile dev (the workspace's: dependencies optimised);
-# --release for a size-optimised binary to ship. Run the result on x86 with
-#   qemu-aarch64 -L /usr/aarch64-linux-gnu target/aarch64-unknown-linux-gnu/debug/medpatch predict X.png
+# installed by scripts/setup.sh). Default profile release (the binary to ship); the test suite
+# uses `--profile quick` (compiles fastest). Run the result on x86 with
+#   qemu-aarch64 -L /usr/aarch64-linux-gnu target/aarch64-unknown-linux-gnu/release/medpatch predict X.png
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 target=aarch64-unknown-linux-gnu
-profile=dev
+profile=release
 while [ $# -gt 0 ]; do
     case "$1" in
         --target) target=$2; shift 2 ;;
         --release) profile=release; shift ;;
-        *) echo "usage: scripts/edge-build.sh [--target TRIPLE] [--release]" >&2; exit 2 ;;
+        --profile) profile=$2; shift 2 ;;
+        *) echo "usage: scripts/edge-build.sh [--target TRIPLE] [--release | --profile NAME]" >&2; exit 2 ;;
     esac
 done
 

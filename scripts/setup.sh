@@ -2,10 +2,9 @@
 # Installs everything the full test suite needs, from the package registries only, pinned:
 # the Python reference environment in .venv (torch/torchvision, onnx, onnxruntime, PIL, pydicom,
 # pytest, cmake, maturin), cbindgen (.cache/tools), the aarch64 cross toolchain and qemu-user (apt,
-# rustup), and the `medpatch` Python package itself
-# (`pip install ./python`, built with the workspace's dev profile so that the Rust test build
-# reuses it). Re-running it is fast: nothing is reinstalled while scripts/requirements-test.txt is
-# unchanged, and pip's cache is reused otherwise.
+# rustup), and the `medpatch` Python package itself (`pip install ./python`). Re-running it is
+# fast: nothing is reinstalled while scripts/requirements-test.txt is unchanged, and pip's cache
+# is reused otherwise.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -62,9 +61,10 @@ if [ "$(.cache/tools/bin/cbindgen --version 2>/dev/null)" != "cbindgen $CBINDGEN
     cargo install --quiet --locked --root .cache/tools cbindgen --version "$CBINDGEN_VERSION"
 fi
 
-# The Python package, exactly as a user installs it (pip install ./python), into .venv. The dev
-# profile (dependencies optimised, see Cargo.toml) shares the workspace's target/ with the Rust
-# tests; --no-build-isolation uses the pinned maturin above instead of fetching one.
+# The Python package, exactly as a user installs it (pip install ./python), into .venv, but built
+# with the `quick` profile (see Cargo.toml): maturin resolves the package's features alone, so this
+# is a second compilation of the dependencies, and its speed is not what the tests measure.
+# --no-build-isolation uses the pinned maturin above instead of fetching one.
 echo "setup: pip install ./python (medpatch Python package)"
 PATH="$PWD/$VENV/bin:$PATH" "$VENV/bin/python" -m pip install --quiet --no-build-isolation --no-deps \
-    --config-settings=build-args="--profile dev" ./python
+    --config-settings=build-args="--profile quick" ./python

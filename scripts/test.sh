@@ -29,7 +29,7 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 
 echo "== The edge build (tract only, aarch64; tests/edge_build.rs runs it under qemu)"
 # -D warnings: compiler warnings in the tract-only configuration fail the suite as clippy's do above.
-MEDPATCH_EDGE_BIN=$(RUSTFLAGS="-D warnings" scripts/edge-build.sh)
+MEDPATCH_EDGE_BIN=$(RUSTFLAGS="-D warnings" scripts/edge-build.sh --profile quick)
 export MEDPATCH_EDGE_BIN
 
 echo "== Rust tests (workspace, train included; the C API's examples are built and run by ffi/tests/packaging.rs)"
