@@ -4,6 +4,17 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+echo "== Formatting"
+cargo fmt --all -- --check
+
+# Lints: clippy (-D warnings) checks every workspace crate while it is compiled for the tests, the
+# edge build and the Python package, with clippy-driver as cargo's workspace wrapper (how `cargo
+# clippy` itself works), instead of a separate `cargo clippy` pass that would compile every
+# dependency once more (~10 minutes on 2 cores). Dependencies are compiled by plain rustc.
+RUSTC_WORKSPACE_WRAPPER=$(rustup which clippy-driver)
+export RUSTC_WORKSPACE_WRAPPER
+export CLIPPY_ARGS="-D__CLIPPY_HACKERY__warnings__CLIPPY_HACKERY__"
+
 scripts/setup.sh
 
 ORT_DYLIB_PATH=$(ls "$PWD"/.venv/lib/python3*/site-packages/onnxruntime/capi/libonnxruntime.so.* | head -n1)
@@ -20,21 +31,20 @@ export MEDPATCH_BIN="$PWD/target/debug/medpatch"
 # shellcheck disable=SC1091
 source .venv/bin/activate
 export LIBTORCH_USE_PYTORCH=1
-# pyo3 (the Python package's crate) finds its interpreter here when clippy checks it.
 export PYO3_PYTHON="$MEDPATCH_PYTHON"
 
-echo "== Formatting and lints"
-cargo fmt --all -- --check
-cargo clippy --workspace --all-targets --locked -- -D warnings
-
-echo "== The edge build (tract only, aarch64; tests/edge_build.rs runs it under qemu)"
-# -D warnings: compiler warnings in the tract-only configuration fail the suite as clippy's do above.
-MEDPATCH_EDGE_BIN=$(RUSTFLAGS="-D warnings" scripts/edge-build.sh --profile quick)
+echo "== The edge build (tract only, aarch64; tests/edge_build.rs runs it under qemu; linted too)"
+MEDPATCH_EDGE_BIN=$(scripts/edge-build.sh --profile quick)
 export MEDPATCH_EDGE_BIN
 
 echo "== Rust tests (workspace, train included; the C API's examples are built and run by ffi/tests/packaging.rs)"
 # medpatch-python is a Python extension module: scripts/setup.sh builds and installs it with
 # `pip install ./python`, and pytest tests that install below.
+# The libraries and binaries themselves first: a test build does not put them in target/debug, and
+# ffi/tests/packaging.rs stages target/debug/libmedpatch.so. Then the benches, compiled (and so
+# linted) but not run: they are measurements, not tests. Same packages, so the same dependencies.
+cargo build --workspace --exclude medpatch-python --locked
+cargo test --workspace --exclude medpatch-python --locked --benches --no-run
 cargo test --workspace --exclude medpatch-python --locked --no-fail-fast
 
 echo "== Python tests (references, and the installed medpatch package)"
