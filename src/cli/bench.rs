@@ -20,7 +20,7 @@ pub struct BenchArgs {
     engine: EngineArgs,
     /// X-rays: the first times one-image latency, all of them folder throughput (default: the
     /// bundled one; pass a folder's files, e.g. ../shared/data/cxr/nih/images/*.png).
-    #[arg(long = "image", value_name = "FILE")]
+    #[arg(long = "image", value_name = "FILE", num_args = 1..)]
     images: Vec<PathBuf>,
     /// Timed runs per backend (after one warm-up).
     #[arg(long, default_value_t = 5)]

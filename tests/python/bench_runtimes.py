@@ -9,7 +9,6 @@ with status 3 and a message when the runtime is not installed or cannot run the 
 """
 import argparse
 import json
-import resource
 import statistics
 import sys
 import time
@@ -53,6 +52,13 @@ def openvino_runner(model: str, threads: int, precision: str):
     return f"openvino-python {ov.__version__} CPU, {precision}", lambda x: request.infer([x])[0]
 
 
+def peak_rss_mb() -> float:
+    """This process's own peak RSS (VmHWM). Not getrusage's ru_maxrss: Linux carries the parent's
+    peak into a forked child, so under `medpatch bench` it would report medpatch's."""
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--runtime", required=True, choices=["onnxruntime", "openvino"])
@@ -87,7 +93,7 @@ def main() -> None:
         "name": name,
         "median_ms": statistics.median(times),
         "min_ms": min(times),
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_mb": peak_rss_mb(),
         "logits": [float(v) for v in logits],
     }))
 

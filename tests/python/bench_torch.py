@@ -6,13 +6,13 @@ Prints one JSON line: {"median_ms", "min_ms", "images_per_s", "peak_rss_mb", "to
 """
 import argparse
 import json
-import resource
 import statistics
 import time
 
 import numpy as np
 import torch
 
+from bench_runtimes import peak_rss_mb
 from medpatch_reference import MedicalPatchNet, build_backbone, load_arch
 
 
@@ -41,7 +41,7 @@ def main() -> None:
     median = statistics.median(times)
     print(json.dumps({
         "median_ms": median, "min_ms": min(times), "images_per_s": 1e3 / median,
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "torch": torch.__version__,
+        "peak_rss_mb": peak_rss_mb(), "torch": torch.__version__,
     }))
 
 
