@@ -98,14 +98,10 @@ const ABSURD_U32: [u32; 7] = [0, 1, 0x7FFF_FFFF, 0xFFFF_FFFF, 16385, 65535, 0x01
 const ABSURD_U16: [u16; 6] = [0, 1, 0x7FFF, 0xFFFF, 16385, 3];
 
 fn crc32(data: &[u8]) -> u32 {
-    let mut crc = 0xFFFF_FFFFu32;
-    for &b in data {
-        crc ^= b as u32;
-        for _ in 0..8 {
-            crc = if crc & 1 != 0 { (crc >> 1) ^ 0xEDB8_8320 } else { crc >> 1 };
-        }
-    }
-    !crc
+    // PNG's chunk CRC is zlib's CRC-32, which flate2 (already the engine's) computes.
+    let mut crc = flate2::Crc::new();
+    crc.update(data);
+    crc.sum()
 }
 
 /// Mutants that put absurd values in the fields that size allocations.

@@ -29,7 +29,7 @@ import pydicom
 from PIL import Image
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate
-from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut
+from pydicom.pixels import apply_color_lut
 from pydicom.uid import (
     UID,
     DeflatedExplicitVRLittleEndian,
@@ -46,6 +46,8 @@ from pydicom.uid import (
     RLELossless,
     generate_uid,
 )
+
+from preprocess_reference import dicom_gray
 
 SIDE = 256
 
@@ -139,21 +141,6 @@ def pil_luma(rgb, bits):
     return l / float(2**bits - 1)
 
 
-def voi_output_range(ds):
-    """The range pydicom's apply_voi_lut maps into (as in preprocess_reference.py)."""
-    if ds.get("VOILUTSequence"):
-        return 0.0, float(2 ** int(ds.VOILUTSequence[0].LUTDescriptor[2]) - 1)
-    bits = int(ds.BitsStored)
-    if ds.PixelRepresentation == 0:
-        y_min, y_max = 0.0, float(2**bits - 1)
-    else:
-        y_min, y_max = float(-(2 ** (bits - 1))), float(2 ** (bits - 1) - 1)
-    slope, intercept = ds.get("RescaleSlope"), ds.get("RescaleIntercept")
-    if slope is not None and intercept is not None:
-        y_min, y_max = y_min * float(slope) + float(intercept), y_max * float(slope) + float(intercept)
-    return y_min, y_max
-
-
 def reference(path):
     """pydicom's decoding of `path` in [0, 1], as documented above."""
     ds = pydicom.dcmread(path, force=True)
@@ -169,18 +156,7 @@ def reference(path):
         return pil_luma(rgb, int(ds.RedPaletteColorLookupTableDescriptor[2]))
     if int(ds.SamplesPerPixel) == 3:
         return pil_luma(arr, int(ds.BitsStored))
-    values = apply_modality_lut(arr, ds).astype(np.float64)
-    if ds.get("VOILUTSequence") or (ds.get("WindowCenter") is not None and ds.get("WindowWidth") is not None):
-        out = apply_voi_lut(values, ds).astype(np.float64)
-        y_min, y_max = voi_output_range(ds)
-        out = (out - y_min) / (y_max - y_min)
-    else:
-        lo, hi = values.min(), values.max()
-        out = (values - lo) / (hi - lo) if hi > lo else np.zeros_like(values)
-    out = np.clip(out, 0.0, 1.0)
-    if pi == "MONOCHROME1":
-        out = 1.0 - out
-    return out
+    return dicom_gray(ds)
 
 
 def rgb_from_gray(gray8):

@@ -57,13 +57,12 @@ def voi_output_range(ds):
     return y_min, y_max
 
 
-def load_dicom(path):
-    import pydicom
+def dicom_gray(ds):
+    """A monochrome data set's pixels in [0, 1]: modality LUT, then the VOI LUT or window (mapped
+    over its output range) or else min-max, MONOCHROME1 inverted. make_dicom_variants.py uses it too."""
     from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
-    ds = pydicom.dcmread(path)
-    arr = ds.pixel_array
-    values = apply_modality_lut(arr, ds).astype(np.float64)
+    values = apply_modality_lut(ds.pixel_array, ds).astype(np.float64)
     has_lut = bool(ds.get("VOILUTSequence"))
     has_window = ds.get("WindowCenter") is not None and ds.get("WindowWidth") is not None
     if has_lut or has_window:
@@ -76,6 +75,13 @@ def load_dicom(path):
     out = np.clip(out, 0.0, 1.0)
     if str(ds.PhotometricInterpretation).strip().upper() == "MONOCHROME1":
         out = 1.0 - out
+    return out
+
+
+def load_dicom(path):
+    import pydicom
+
+    out = dicom_gray(pydicom.dcmread(path))
     return torch.from_numpy(out.astype(np.float32))[None]  # [1, H, W]
 
 
