@@ -1,7 +1,9 @@
 //! [`Engine`]: a model, a backend and the pipeline around them. `Send + Sync`: build one and
 //! share it between threads; patches of several images go through the backend in one call.
 
-use crate::backend::{self, Backend, BackendOptions, Precision, PrecisionCheck, Provider, ProviderChoice};
+use crate::backend::{
+    self, Backend, BackendError, BackendOptions, Precision, PrecisionCheck, Provider, ProviderChoice,
+};
 use crate::decode::{self, GrayImage};
 use crate::explain::{self, DenseAccumulator, MapKind};
 use crate::model::{Model, ModelOrigin};
@@ -240,12 +242,11 @@ impl Engine {
             .map(|(image, patch_logits)| {
                 let started = Instant::now();
                 if let Some(i) = patch_logits.iter().position(|z| !z.is_finite()) {
-                    return Err(EngineError::Backend(format!(
-                        "the model produced a non-finite logit ({}) for patch {} class {}",
-                        patch_logits[i],
-                        i / classes,
-                        self.model.metadata.classes[i % classes]
-                    )));
+                    return Err(EngineError::from(BackendError::NonFinite {
+                        value: patch_logits[i],
+                        patch: i / classes,
+                        class: self.model.metadata.classes[i % classes].clone(),
+                    }));
                 }
                 let logits = explain::mean_logits(patch_logits, classes);
                 let probabilities = logits.iter().map(|&z| explain::sigmoid(z)).collect();
@@ -322,9 +323,12 @@ impl Engine {
             }
             Err(e) => {
                 // The whole backend call failed: every image of the batch gets the same error.
-                let message = e.to_string();
+                // (Anything else from already-decoded images would be a bug.)
                 for (i, ..) in front {
-                    results[i] = Some(Err(EngineError::Backend(message.clone())));
+                    results[i] = Some(Err(match &e {
+                        EngineError::Backend { error, .. } => EngineError::from(error.clone()),
+                        other => EngineError::Internal(other.to_string()),
+                    }));
                 }
             }
         }
@@ -430,8 +434,12 @@ impl Engine {
                 tile::tile_into(&window, side, patch, &mut patches);
             }
             let logits = self.backend.run(&patches, group.len() * grid * grid)?;
-            if logits.iter().any(|z| !z.is_finite()) {
-                return Err(EngineError::Backend("the model produced non-finite logits for a shifted image".into()));
+            if let Some(i) = logits.iter().position(|z| !z.is_finite()) {
+                return Err(EngineError::from(BackendError::NonFinite {
+                    value: logits[i],
+                    patch: i / classes,
+                    class: self.model.metadata.classes[i % classes].clone(),
+                }));
             }
             for (&(dr, dc), values) in group.iter().zip(logits.chunks_exact(grid * grid * classes)) {
                 acc.add(values, dr, dc);
@@ -466,7 +474,7 @@ impl Input<'_> {
     fn name_error(&self, error: EngineError) -> EngineError {
         let label = self.label();
         match error {
-            EngineError::Backend(m) if !m.starts_with(&label) => EngineError::Backend(format!("{label}: {m}")),
+            EngineError::Backend { input: None, error } => EngineError::Backend { input: Some(label), error },
             EngineError::Input(m) if !m.starts_with(&label) => EngineError::Input(format!("{label}: {m}")),
             other => other,
         }
@@ -536,6 +544,54 @@ mod tests {
         }
         let err = engine.run_patches(&[0.0; 10], 1).unwrap_err().to_string();
         assert!(err.contains("not 1 patches"), "{err}");
+    }
+
+    /// A backend that always fails, or always returns `Ok` of one value.
+    struct Broken(Result<f32, BackendError>);
+
+    impl Backend for Broken {
+        fn provider(&self) -> Provider {
+            Provider::Tract
+        }
+        fn run(&self, _: &[f32], n: usize) -> Result<Vec<f32>, BackendError> {
+            self.0.clone().map(|v| vec![v; n * 14])
+        }
+    }
+
+    #[test]
+    fn backend_failures_are_typed_and_name_each_image() {
+        let png = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/../assets/00001369_000.png")).unwrap();
+        let inputs = [
+            Input::Bytes { bytes: &png, name: "a.png" },
+            Input::Bytes { bytes: b"junk", name: "b.png" },
+            Input::Bytes { bytes: &png, name: "c.png" },
+        ];
+        let failing = Engine {
+            backend: Box::new(Broken(Err(BackendError::runtime(Provider::Tract, "out of memory")))),
+            ..tract_engine()
+        };
+        let results = failing.predict_batch(&inputs);
+        for (result, name) in [(&results[0], "a.png"), (&results[2], "c.png")] {
+            match result {
+                Err(e @ EngineError::Backend { input: Some(input), error: BackendError::Runtime { .. } }) => {
+                    assert_eq!(input, name);
+                    assert_eq!(e.to_string(), format!("{name}: backend failed: tract (pure Rust): out of memory"));
+                }
+                other => panic!("{name}: {other:?}"),
+            }
+        }
+        assert!(matches!(results[1], Err(EngineError::Decode(_))), "{:?}", results[1]);
+
+        let nan = Engine { backend: Box::new(Broken(Ok(f32::NAN))), ..tract_engine() };
+        match nan.predict(inputs[0]) {
+            Err(EngineError::Backend {
+                input: Some(input),
+                error: BackendError::NonFinite { patch: 0, class, .. },
+            }) => {
+                assert_eq!((input.as_str(), class.as_str()), ("a.png", "No Finding"));
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -12,7 +12,7 @@ pub mod preprocess;
 pub mod render;
 pub mod tile;
 
-pub use backend::{BackendOptions, Precision, PrecisionCheck, Provider, ProviderChoice};
+pub use backend::{BackendError, BackendOptions, Precision, PrecisionCheck, Provider, ProviderChoice};
 pub use engine::{
     DEFAULT_MODEL_BYTES, DenseMap, Engine, EngineBuilder, Input, Loaded, ModelSource, Prediction, Timings,
 };
@@ -26,8 +26,9 @@ pub enum EngineError {
     Model { origin: String, problem: String },
     #[error("provider {provider} is not available: {reason}")]
     ProviderUnavailable { provider: &'static str, reason: String },
-    #[error("backend failed: {0}")]
-    Backend(String),
+    /// Running the model failed; `input` names the image (or batch) it failed on, where known.
+    #[error("{}backend failed: {error}", input.as_deref().map(|i| format!("{i}: ")).unwrap_or_default())]
+    Backend { input: Option<String>, error: BackendError },
     #[error(transparent)]
     Decode(#[from] decode::DecodeError),
     #[error("{0}")]
@@ -35,4 +36,10 @@ pub enum EngineError {
     /// A bug in medpatch (an invariant broke); please report it.
     #[error("internal error: {0}")]
     Internal(String),
+}
+
+impl From<BackendError> for EngineError {
+    fn from(error: BackendError) -> Self {
+        EngineError::Backend { input: None, error }
+    }
 }

@@ -83,7 +83,7 @@ pub(crate) fn status_of(error: &EngineError) -> medpatch_status {
     match error {
         EngineError::Model { .. } => medpatch_status::Model,
         EngineError::ProviderUnavailable { .. } => medpatch_status::ProviderUnavailable,
-        EngineError::Backend(_) => medpatch_status::Backend,
+        EngineError::Backend { .. } => medpatch_status::Backend,
         EngineError::Decode(e) => match e.problem() {
             DecodeError::Io(_) => medpatch_status::Io,
             _ => medpatch_status::Decode,

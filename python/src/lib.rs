@@ -55,7 +55,7 @@ fn py_error(error: EngineError) -> PyErr {
         },
         EngineError::Model { .. } => ModelError::new_err(message),
         EngineError::ProviderUnavailable { .. } => ProviderUnavailableError::new_err(message),
-        EngineError::Backend(_) => BackendError::new_err(message),
+        EngineError::Backend { .. } => BackendError::new_err(message),
         EngineError::Input(_) => PyValueError::new_err(message),
         EngineError::Internal(_) => Error::new_err(message),
     }

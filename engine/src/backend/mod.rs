@@ -94,6 +94,40 @@ impl std::fmt::Display for Provider {
     }
 }
 
+/// What went wrong while a running backend computed logits. (A backend that cannot start is
+/// [`EngineError::ProviderUnavailable`], with the reason in words.)
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum BackendError {
+    /// The runtime reported a failure.
+    #[error("{}: {message}", provider.describe())]
+    Runtime { provider: Provider, message: String },
+    /// The runtime returned another shape than `[n, classes]`: the model does not follow the
+    /// contract.
+    #[error("{} returned shape {got:?}, expected {expected:?}", provider.describe())]
+    OutputShape { provider: Provider, got: Vec<usize>, expected: [usize; 2] },
+    /// A logit is NaN or infinite: the model or the runtime is broken, the result meaningless.
+    #[error("the model produced a non-finite logit ({value}) for patch {patch}, class {class}")]
+    NonFinite { value: f32, patch: usize, class: String },
+    /// A worker thread of a data-parallel backend panicked (a bug, in the runtime or in medpatch).
+    #[error("a {} worker thread panicked", provider.describe())]
+    WorkerPanicked { provider: Provider },
+}
+
+impl BackendError {
+    pub(crate) fn runtime(provider: Provider, message: impl std::fmt::Display) -> Self {
+        BackendError::Runtime { provider, message: message.to_string() }
+    }
+
+    /// Check the output of a run over `n` patches has the contract's shape.
+    pub(crate) fn check_shape(provider: Provider, got: &[usize], n: usize, classes: usize) -> Result<(), Self> {
+        if got == [n, classes] {
+            Ok(())
+        } else {
+            Err(BackendError::OutputShape { provider, got: got.to_vec(), expected: [n, classes] })
+        }
+    }
+}
+
 /// What the user asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum ProviderChoice {
@@ -146,7 +180,7 @@ pub trait Backend: Send + Sync {
     fn precision(&self) -> Precision {
         Precision::F32
     }
-    fn run(&self, patches: &[f32], n: usize) -> Result<Vec<f32>, EngineError>;
+    fn run(&self, patches: &[f32], n: usize) -> Result<Vec<f32>, BackendError>;
 }
 
 /// The chosen backend and why the ones before it were not used.

@@ -1,5 +1,5 @@
+use super::BackendError;
 use super::{Backend, BackendOptions, Precision, Provider};
-use crate::EngineError;
 use crate::model::Model;
 use medpatch_models::contract::INPUT_NAME;
 use ort::ep;
@@ -139,20 +139,16 @@ impl Backend for OrtBackend {
         self.precision
     }
 
-    fn run(&self, patches: &[f32], n: usize) -> Result<Vec<f32>, EngineError> {
+    fn run(&self, patches: &[f32], n: usize) -> Result<Vec<f32>, BackendError> {
         let [c, h, w] = self.patch_shape;
-        let fail = |e: ort::Error| EngineError::Backend(format!("ONNX Runtime ({}): {e}", self.provider.describe()));
+        let fail = |e: ort::Error| BackendError::runtime(self.provider, e);
         let input = TensorRef::from_array_view(([n, c, h, w], patches)).map_err(fail)?;
         // ONNX Runtime sessions are thread-safe, but ort's `run` takes `&mut self`.
         let mut session = self.session.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let outputs = session.run(ort::inputs![INPUT_NAME => input]).map_err(fail)?;
         let (shape, logits) = outputs[0].try_extract_tensor::<f32>().map_err(fail)?;
-        if shape.iter().map(|&d| d as usize).collect::<Vec<_>>() != [n, self.classes] {
-            return Err(EngineError::Backend(format!(
-                "ONNX Runtime returned shape {shape:?}, expected [{n}, {}]",
-                self.classes
-            )));
-        }
+        let shape: Vec<usize> = shape.iter().map(|&d| d as usize).collect();
+        BackendError::check_shape(self.provider, &shape, n, self.classes)?;
         Ok(logits.to_vec())
     }
 }

@@ -9,8 +9,8 @@
 //! f32. The compiled model's own report of its precision is checked too, because OpenVINO ignores
 //! a bf16 hint on CPUs without BF16 and silently runs f32.
 
+use super::BackendError;
 use super::{Backend, BackendOptions, Precision, Provider};
-use crate::EngineError;
 use crate::model::Model;
 use ::openvino::{
     CompiledModel, Core, DeviceType, Dimension, ElementType, InferRequest, InferenceError, PartialShape, PropertyKey,
@@ -169,6 +169,10 @@ fn ov_err(what: &'static str) -> impl Fn(InferenceError) -> String {
     move |e| format!("OpenVINO {what}: {e}")
 }
 
+fn ov_run_err(what: &'static str) -> impl Fn(InferenceError) -> BackendError {
+    move |e| BackendError::runtime(Provider::OpenVino, format!("{what}: {e}"))
+}
+
 impl OpenVinoBackend {
     pub fn new(model: &Model, precision: Precision, options: &BackendOptions) -> Result<Self, String> {
         let library = load(options.openvino_library.as_deref())?;
@@ -230,24 +234,26 @@ impl OpenVinoBackend {
         })
     }
 
-    fn infer(&self, request: &Mutex<InferRequest>, patches: &[f32], n: usize) -> Result<Vec<f32>, String> {
+    fn infer(&self, request: &Mutex<InferRequest>, patches: &[f32], n: usize) -> Result<Vec<f32>, BackendError> {
         let [c, h, w] = self.patch_shape;
-        let shape = Shape::new(&[n as i64, c as i64, h as i64, w as i64]).map_err(ov_err("shape"))?;
-        let mut input = Tensor::new(ElementType::F32, &shape).map_err(ov_err("input tensor"))?;
-        let data = input.get_data_mut::<f32>().map_err(ov_err("input tensor"))?;
+        let shape = Shape::new(&[n as i64, c as i64, h as i64, w as i64]).map_err(ov_run_err("shape"))?;
+        let mut input = Tensor::new(ElementType::F32, &shape).map_err(ov_run_err("input tensor"))?;
+        let data = input.get_data_mut::<f32>().map_err(ov_run_err("input tensor"))?;
         if data.len() != patches.len() {
-            return Err(format!("OpenVINO input holds {} values, not {}", data.len(), patches.len()));
+            return Err(BackendError::runtime(
+                Provider::OpenVino,
+                format!("the input tensor holds {} values, not {}", data.len(), patches.len()),
+            ));
         }
         data.copy_from_slice(patches);
         let mut request = request.lock().unwrap_or_else(|p| p.into_inner());
-        request.set_input_tensor(&input).map_err(ov_err("input"))?;
-        request.infer().map_err(ov_err("inference"))?;
-        let output = request.get_output_tensor_by_index(0).map_err(ov_err("output"))?;
-        let dims = output.get_shape().map_err(ov_err("output shape"))?.get_dimensions().to_vec();
-        if dims != [n as i64, self.classes as i64] {
-            return Err(format!("OpenVINO returned shape {dims:?}, expected [{n}, {}]", self.classes));
-        }
-        Ok(output.get_data::<f32>().map_err(ov_err("output"))?.to_vec())
+        request.set_input_tensor(&input).map_err(ov_run_err("input"))?;
+        request.infer().map_err(ov_run_err("inference"))?;
+        let output = request.get_output_tensor_by_index(0).map_err(ov_run_err("output"))?;
+        let dims = output.get_shape().map_err(ov_run_err("output shape"))?.get_dimensions().to_vec();
+        let dims: Vec<usize> = dims.iter().map(|&d| d.max(0) as usize).collect();
+        BackendError::check_shape(Provider::OpenVino, &dims, n, self.classes)?;
+        Ok(output.get_data::<f32>().map_err(ov_run_err("output"))?.to_vec())
     }
 }
 
@@ -270,16 +276,17 @@ impl Backend for OpenVinoBackend {
         self.precision
     }
 
-    fn run(&self, patches: &[f32], n: usize) -> Result<Vec<f32>, EngineError> {
+    fn run(&self, patches: &[f32], n: usize) -> Result<Vec<f32>, BackendError> {
         let parts = self.requests.len().min(n).max(1);
-        let result = guard("OpenVINO", || {
+        // No panic of the `openvino` crate crosses the library boundary (see `guard`).
+        let result = catch_unwind(AssertUnwindSafe(|| {
             if parts == 1 {
                 return self.infer(&self.requests[0], patches, n);
             }
             // One contiguous share of the batch per stream, run side by side.
             let per_patch: usize = self.patch_shape.iter().product();
             let share = n.div_ceil(parts) * per_patch;
-            let outputs: Vec<Result<Vec<f32>, String>> = std::thread::scope(|scope| {
+            let outputs: Vec<Result<Vec<f32>, BackendError>> = std::thread::scope(|scope| {
                 let workers: Vec<_> = patches
                     .chunks(share)
                     .zip(&self.requests)
@@ -287,7 +294,7 @@ impl Backend for OpenVinoBackend {
                     .collect();
                 workers
                     .into_iter()
-                    .map(|w| w.join().unwrap_or_else(|_| Err("an OpenVINO worker thread panicked".into())))
+                    .map(|w| w.join().unwrap_or(Err(BackendError::WorkerPanicked { provider: Provider::OpenVino })))
                     .collect()
             });
             let mut logits = Vec::with_capacity(n * self.classes);
@@ -295,8 +302,10 @@ impl Backend for OpenVinoBackend {
                 logits.extend(part?);
             }
             Ok(logits)
-        });
-        result.map_err(EngineError::Backend)
+        }));
+        result.unwrap_or_else(|panic| {
+            Err(BackendError::runtime(Provider::OpenVino, super::onnxruntime::panic_message(&panic)))
+        })
     }
 }
 

@@ -7,7 +7,6 @@
 //! its logits leave [`REDUCED_PRECISION_BOUND`] of an f32 run on the same patches.
 
 use super::Backend;
-use crate::EngineError;
 use crate::model::Model;
 use serde::Serialize;
 
@@ -198,7 +197,7 @@ pub fn self_check(
     bound: Bound,
 ) -> Result<PrecisionCheck, String> {
     let (patches, n) = check_patches(model);
-    let run = |b: &dyn Backend| b.run(&patches, n).map_err(|e: EngineError| e.to_string());
+    let run = |b: &dyn Backend| b.run(&patches, n).map_err(|e| e.to_string());
     let reduced = run(backend)?;
     let exact = run(reference)?;
     if reduced.len() != exact.len() {
@@ -237,6 +236,7 @@ pub fn self_check(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::BackendError;
     use crate::backend::Provider;
 
     #[test]
@@ -286,7 +286,7 @@ mod tests {
         fn precision(&self) -> Precision {
             self.1
         }
-        fn run(&self, _: &[f32], n: usize) -> Result<Vec<f32>, EngineError> {
+        fn run(&self, _: &[f32], n: usize) -> Result<Vec<f32>, BackendError> {
             Ok((0..n * self.3).map(self.2).collect())
         }
     }

@@ -1,5 +1,5 @@
+use super::BackendError;
 use super::{Backend, BackendOptions, Provider};
-use crate::EngineError;
 use crate::model::Model;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -71,23 +71,21 @@ impl Backend for TractBackend {
         Provider::Tract
     }
 
-    fn run(&self, patches: &[f32], n: usize) -> Result<Vec<f32>, EngineError> {
+    fn run(&self, patches: &[f32], n: usize) -> Result<Vec<f32>, BackendError> {
         let parts = self.threads.min(n).max(1);
         if parts == 1 {
             return self.run_part(patches, n);
         }
         let per_patch: usize = self.patch_shape.iter().product();
         let part_len = n.div_ceil(parts) * per_patch;
-        let outputs: Vec<Result<Vec<f32>, EngineError>> = std::thread::scope(|scope| {
+        let outputs: Vec<Result<Vec<f32>, BackendError>> = std::thread::scope(|scope| {
             let workers: Vec<_> = patches
                 .chunks(part_len)
                 .map(|part| scope.spawn(move || self.run_part(part, part.len() / per_patch)))
                 .collect();
             workers
                 .into_iter()
-                .map(|w| {
-                    w.join().unwrap_or_else(|_| Err(EngineError::Backend("a tract worker thread panicked".into())))
-                })
+                .map(|w| w.join().unwrap_or(Err(BackendError::WorkerPanicked { provider: Provider::Tract })))
                 .collect()
         });
         let mut logits = Vec::with_capacity(n * self.classes);
@@ -100,24 +98,16 @@ impl Backend for TractBackend {
 
 impl TractBackend {
     /// Run `n` patches through the plan for batch `n`, on the calling thread.
-    fn run_part(&self, patches: &[f32], n: usize) -> Result<Vec<f32>, EngineError> {
+    fn run_part(&self, patches: &[f32], n: usize) -> Result<Vec<f32>, BackendError> {
         let [c, h, w] = self.patch_shape;
-        let plan = self.plan(n).map_err(EngineError::Backend)?;
-        let input = tract_ndarray::Array4::from_shape_vec((n, c, h, w), patches.to_vec())
-            .map_err(|e| EngineError::Backend(format!("tract input: {e}")))?;
-        let outputs = plan
-            .run(tvec!(Tensor::from(input).into_tvalue()))
-            .map_err(|e| EngineError::Backend(format!("tract: {e:#}")))?;
-        let logits = outputs[0]
-            .to_plain_array_view::<f32>()
-            .map_err(|e| EngineError::Backend(format!("tract output: {e:#}")))?;
-        if logits.shape() != [n, self.classes] {
-            return Err(EngineError::Backend(format!(
-                "tract returned shape {:?}, expected [{n}, {}]",
-                logits.shape(),
-                self.classes
-            )));
-        }
+        let fail =
+            |what: &str, e: &dyn std::fmt::Display| BackendError::runtime(Provider::Tract, format!("{what}: {e:#}"));
+        let plan = self.plan(n).map_err(|e| fail("planning", &e))?;
+        let input =
+            tract_ndarray::Array4::from_shape_vec((n, c, h, w), patches.to_vec()).map_err(|e| fail("input", &e))?;
+        let outputs = plan.run(tvec!(Tensor::from(input).into_tvalue())).map_err(|e| fail("running", &e))?;
+        let logits = outputs[0].to_plain_array_view::<f32>().map_err(|e| fail("output", &e))?;
+        BackendError::check_shape(Provider::Tract, logits.shape(), n, self.classes)?;
         Ok(logits.iter().copied().collect())
     }
 }
