@@ -1,9 +1,7 @@
 //! `medpatch bench --json` on the embedded model: every row it promises, and the Python runtimes
 //! agree with medpatch on the same image (an independent check of the whole pipeline but decode).
 
-mod common;
-
-use common::*;
+use medpatch_testkit::*;
 use serde_json::Value;
 use std::process::Command;
 

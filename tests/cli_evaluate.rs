@@ -4,8 +4,6 @@
 //! transcription (pycocotools, torch) on the very scores and maps the run scored; the same numbers
 //! from `medpatch predict` output and from `.npy` maps; bad inputs named in the report.
 
-mod common;
-
 use medpatch_synth::{SynthConfig, write_benchmark};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -15,7 +13,7 @@ fn medpatch(args: &[&str]) -> (i32, String) {
     let mut command = Command::new(env!("CARGO_BIN_EXE_medpatch"));
     command.args(args);
     if std::env::var_os("ORT_DYLIB_PATH").is_none() {
-        command.env("ORT_DYLIB_PATH", common::ort_library());
+        command.env("ORT_DYLIB_PATH", medpatch_testkit::ort_library());
     }
     let out = command.output().expect("cannot run medpatch");
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
@@ -36,7 +34,7 @@ struct Benchmark {
 }
 
 fn benchmark(name: &str) -> Benchmark {
-    let dir = common::scratch(name);
+    let dir = medpatch_testkit::scratch(name);
     let root = dir.join("data");
     // Non-square images (heights 1.0–1.25× the width), so the crop box matters; findings common.
     let config =
@@ -112,7 +110,7 @@ fn chexlocalize(b: &Benchmark, gt: &str, maps: &Path, geometry: &str, thresholds
     if let Some(t) = thresholds {
         args.extend(["--thresholds", s(t)]);
     }
-    common::run_python("eval_reference.py", &args);
+    medpatch_testkit::run_python("eval_reference.py", &args);
     json(&out)
 }
 
@@ -142,7 +140,7 @@ fn evaluate_matches_scikit_learn_and_chexlocalize() {
 
     // Table 1 against scikit-learn on the scores the run wrote.
     let out = b.dir.join("sklearn.json");
-    common::run_python(
+    medpatch_testkit::run_python(
         "eval_reference.py",
         &[
             "classification",
@@ -175,7 +173,7 @@ fn evaluate_matches_scikit_learn_and_chexlocalize() {
     assert!(worst <= 1e-9);
     // The validation run's Youden thresholds are scikit-learn's on the validation scores.
     let out = b.dir.join("sklearn-val.json");
-    common::run_python(
+    medpatch_testkit::run_python(
         "eval_reference.py",
         &["classification", "--cases", s(&val_dir.join("cases.csv")), "--out", s(&out)],
     );
@@ -261,7 +259,7 @@ fn predictions_from_medpatch_predict_give_the_same_numbers() {
         let mut command = Command::new(env!("CARGO_BIN_EXE_medpatch"));
         command.args(["predict", s(&images), "--out", s(&b.dir.join("predictions")), "--quiet"]);
         if std::env::var_os("ORT_DYLIB_PATH").is_none() {
-            command.env("ORT_DYLIB_PATH", common::ort_library());
+            command.env("ORT_DYLIB_PATH", medpatch_testkit::ort_library());
         }
         let out = command.output().unwrap();
         (out.status.code().unwrap(), String::from_utf8_lossy(&out.stdout).into_owned())

@@ -1,8 +1,6 @@
 //! `medpatch predict` as a user runs it: outputs, formats, bad inputs and exit codes.
 
-mod common;
-
-use common::*;
+use medpatch_testkit::*;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

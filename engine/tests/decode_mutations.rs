@@ -31,6 +31,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use medpatch_engine::decode::{DecodeError, decode_bytes};
+use medpatch_testkit::{cxr_dir, skip_without_shared};
 
 const SEED: u64 = 0x5EED_CAFE_F00D_0001;
 /// Random mutants per source file (targeted size-field mutants come on top).
@@ -58,10 +59,6 @@ fn status_kib(field: &str) -> u64 {
 /// peak of what follows.
 fn reset_peak() -> bool {
     std::fs::write("/proc/self/clear_refs", "5").is_ok()
-}
-
-fn cxr_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/cxr")
 }
 
 /// The real files: small ones, so that the whole run stays well under a minute on 2 cores.
@@ -362,13 +359,12 @@ fn assert_named(e: &DecodeError, index: usize) {
 
 #[test]
 fn mutated_real_files_fail_cleanly_within_time_and_memory() {
+    if skip_without_shared() {
+        return;
+    }
     let cxr = cxr_dir();
     if std::env::var_os("MEDPATCH_MUTATION_WORKER").is_some() {
         worker(&cxr);
-        return;
-    }
-    if !cxr.is_dir() {
-        println!("SKIPPED: {} is absent (the shared real X-rays); nothing to mutate", cxr.display());
         return;
     }
     let exe = std::env::current_exe().unwrap();

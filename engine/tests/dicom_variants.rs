@@ -12,10 +12,11 @@
 //! run `scripts/setup.sh`).
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use medpatch_engine::decode::decode_path;
+use medpatch_testkit::{cxr_dir, python, read_npy, repo_root, skip_without_shared};
 
 #[derive(Debug, Clone, Copy)]
 enum Expect {
@@ -75,55 +76,23 @@ const EXPECTED: &[(&str, Expect)] = &[
     ("image_without_pixel_data", Refused(&["no image"])),
 ];
 
-fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn python() -> PathBuf {
-    std::env::var_os("MEDPATCH_PYTHON").map(PathBuf::from).unwrap_or_else(|| workspace_root().join(".venv/bin/python"))
-}
-
-/// A little-endian float32 C-order `.npy` (numpy.save, format 1-3): (rows, cols, values).
+/// A 2-D float32 `.npy`: (rows, cols, values).
 fn read_npy_2d(path: &Path) -> (usize, usize, Vec<f32>) {
-    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    assert!(bytes.starts_with(b"\x93NUMPY"), "{}: not .npy", path.display());
-    let (len, start) = match bytes[6] {
-        1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10),
-        _ => (u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize, 12),
-    };
-    let header = std::str::from_utf8(&bytes[start..start + len]).unwrap();
-    assert!(header.contains("'<f4'") && header.contains("'fortran_order': False"), "{header}");
-    let shape: Vec<usize> = header
-        .split("'shape': (")
-        .nth(1)
-        .unwrap()
-        .split(')')
-        .next()
-        .unwrap()
-        .split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(|s| s.parse().unwrap())
-        .collect();
+    let (shape, values) = read_npy(path);
     assert_eq!(shape.len(), 2, "{}: shape {shape:?}", path.display());
-    let values: Vec<f32> =
-        bytes[start + len..].chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
-    assert_eq!(values.len(), shape[0] * shape[1]);
     (shape[0], shape[1], values)
 }
 
 #[test]
 fn dicom_variants_match_pydicom_or_are_refused_by_name() {
-    let cxr = workspace_root().join("../shared/data/cxr");
-    if !cxr.is_dir() {
-        println!("SKIPPED: {} is absent (the shared real X-rays); no DICOM variants to build", cxr.display());
+    if skip_without_shared() {
         return;
     }
+    let cxr = cxr_dir();
     let py = python();
-    assert!(py.exists(), "{} not found: run scripts/setup.sh or set MEDPATCH_PYTHON", py.display());
     let out = tempfile::tempdir().unwrap();
     let run = Command::new(&py)
-        .arg(workspace_root().join("tests/python/make_dicom_variants.py"))
+        .arg(repo_root().join("tests/python/make_dicom_variants.py"))
         .arg("--cxr")
         .arg(&cxr)
         .arg("--out")

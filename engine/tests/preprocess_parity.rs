@@ -16,50 +16,9 @@ use std::process::Command;
 
 use medpatch_engine::decode::{GrayImage, decode_path};
 use medpatch_engine::preprocess::preprocess;
+use medpatch_testkit::{cxr_dir, python, read_npy, repo_root, skip_without_shared};
 
 const SIZE: u32 = 512;
-
-fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn python() -> PathBuf {
-    if let Some(p) = std::env::var_os("MEDPATCH_PYTHON") {
-        return PathBuf::from(p);
-    }
-    workspace_root().join(".venv/bin/python")
-}
-
-fn cxr_dir() -> PathBuf {
-    workspace_root().join("../shared/data/cxr")
-}
-
-/// Read a little-endian float32 C-order `.npy` file (format versions 1-3) written by numpy.save.
-fn read_npy_f32(path: &Path) -> (Vec<usize>, Vec<f32>) {
-    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    assert!(bytes.starts_with(b"\x93NUMPY"), "{}: not an .npy file", path.display());
-    let major = bytes[6];
-    let (header_len, start) = match major {
-        1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10),
-        2 | 3 => (u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize, 12),
-        v => panic!("{}: unsupported .npy version {v}", path.display()),
-    };
-    let header = std::str::from_utf8(&bytes[start..start + header_len]).unwrap();
-    assert!(header.contains("'descr': '<f4'"), "{}: not float32 LE: {header}", path.display());
-    assert!(header.contains("'fortran_order': False"), "{}: Fortran order: {header}", path.display());
-    let shape_txt = header
-        .split("'shape': (")
-        .nth(1)
-        .and_then(|s| s.split(')').next())
-        .unwrap_or_else(|| panic!("{}: no shape in {header}", path.display()));
-    let shape: Vec<usize> =
-        shape_txt.split(',').map(str::trim).filter(|s| !s.is_empty()).map(|s| s.parse().unwrap()).collect();
-    let data = &bytes[start + header_len..];
-    let n: usize = shape.iter().product();
-    assert_eq!(data.len(), n * 4, "{}: data length", path.display());
-    let values = data.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
-    (shape, values)
-}
 
 /// Run the Python reference on `images`; returns the output directory.
 fn run_reference(images: &[PathBuf], decoded: bool) -> tempfile::TempDir {
@@ -70,7 +29,7 @@ fn run_reference(images: &[PathBuf], decoded: bool) -> tempfile::TempDir {
          point MEDPATCH_PYTHON at a Python with torch, torchvision, pillow, pydicom and numpy",
         py.display()
     );
-    let script = workspace_root().join("tests/python/preprocess_reference.py");
+    let script = repo_root().join("tests/python/preprocess_reference.py");
     let out = tempfile::tempdir().unwrap();
     let mut cmd = Command::new(&py);
     cmd.arg(&script).arg("--out").arg(out.path()).arg("--size").arg(SIZE.to_string());
@@ -132,6 +91,9 @@ fn real_images() -> Vec<PathBuf> {
 
 #[test]
 fn real_xrays_match_the_python_reference() {
+    if skip_without_shared() {
+        return;
+    }
     let images = real_images();
     assert_eq!(images.iter().filter(|p| format_of(p) == "PNG").count(), 32, "expected the 32 NIH PNGs");
     assert_eq!(images.iter().filter(|p| format_of(p) == "JPEG").count(), 8);
@@ -147,14 +109,14 @@ fn real_xrays_match_the_python_reference() {
     );
     for (i, path) in images.iter().enumerate() {
         let img: GrayImage = decode_path(path).unwrap_or_else(|e| panic!("{e}"));
-        let (dshape, dref) = read_npy_f32(&out.path().join(format!("{i}.decoded.npy")));
+        let (dshape, dref) = read_npy(&out.path().join(format!("{i}.decoded.npy")));
         assert_eq!(dshape, vec![img.height as usize, img.width as usize], "{}: decoded size", path.display());
         let dec = diff(&img.pixels, &dref);
 
         let t0 = std::time::Instant::now();
         let ours = preprocess(&img, SIZE);
         let elapsed = t0.elapsed();
-        let (shape, reference) = read_npy_f32(&out.path().join(format!("{i}.npy")));
+        let (shape, reference) = read_npy(&out.path().join(format!("{i}.npy")));
         assert_eq!(shape, vec![SIZE as usize, SIZE as usize]);
         let d = diff(&ours.pixels, &reference);
         let name = path.file_name().unwrap().to_string_lossy();
@@ -224,7 +186,7 @@ fn synthetic_sizes_match_the_python_reference_exactly() {
     for (i, path) in paths.iter().enumerate() {
         let img = decode_path(path).unwrap();
         let ours = preprocess(&img, SIZE);
-        let (_, reference) = read_npy_f32(&out.path().join(format!("{i}.npy")));
+        let (_, reference) = read_npy(&out.path().join(format!("{i}.npy")));
         let d = diff(&ours.pixels, &reference);
         println!("{:<28} max |Δ| {:.3e}  mean |Δ| {:.3e}", path.file_name().unwrap().to_string_lossy(), d.max, d.mean);
         if d.max > 1e-5 {
@@ -237,6 +199,9 @@ fn synthetic_sizes_match_the_python_reference_exactly() {
 /// A real radiograph cut short must fail cleanly, whatever the format.
 #[test]
 fn truncated_real_files_are_errors() {
+    if skip_without_shared() {
+        return;
+    }
     let root = cxr_dir();
     let samples = [
         root.join("nih/images").join(first_file(&root.join("nih/images"))),
@@ -293,10 +258,10 @@ fn synthetic_colour_jpegs_match_the_python_reference() {
     let mut failures = Vec::new();
     for (i, path) in paths.iter().enumerate() {
         let img = decode_path(path).unwrap();
-        let (_, dref) = read_npy_f32(&out.path().join(format!("{i}.decoded.npy")));
+        let (_, dref) = read_npy(&out.path().join(format!("{i}.decoded.npy")));
         let dec = diff(&img.pixels, &dref);
         let ours = preprocess(&img, SIZE);
-        let (_, reference) = read_npy_f32(&out.path().join(format!("{i}.npy")));
+        let (_, reference) = read_npy(&out.path().join(format!("{i}.npy")));
         let d = diff(&ours.pixels, &reference);
         println!(
             "{:<14} preprocessed max {:.4}/255 mean {:.5}/255 | decoded max {:.4}/255 mean {:.5}/255",

@@ -73,7 +73,7 @@ impl std::str::FromStr for Precision {
 /// How far a reduced-precision backend's logits may be from f32 on the same patches:
 /// `|z - z_f32| <= absolute + relative · |z_f32|` for every patch logit. Chosen from the
 /// deviations measured on real X-rays (see the README's "Precision" paragraph and
-/// `tests/engine_openvino.rs`, which holds every real X-ray to the same bound): several times the
+/// `engine/tests/openvino.rs`, which holds every real X-ray to the same bound): several times the
 /// worst case seen, so that a correct bf16/fp16 kernel passes and a broken one (garbage, NaN,
 /// a wrong-precision fallback path) does not.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]

@@ -2,8 +2,6 @@
 //! scikit-learn's AUROC / ROC curve / Youden / confusion metrics on tied and untied scores, a numpy
 //! transcription of the bootstrap on the same resample indices, and torch's bilinear resize.
 
-mod common;
-
 use medpatch_eval::bootstrap::{self, BootstrapOptions, ClassInput, METRICS};
 use medpatch_eval::geometry::resize_bilinear;
 use medpatch_eval::metrics::{Confusion, ThresholdRule, auroc, roc_curve, youden};
@@ -31,7 +29,7 @@ fn classes(n: usize, seed: u64) -> Vec<(String, Vec<f32>, Vec<bool>)> {
 
 #[test]
 fn classification_metrics_equal_scikit_learn() {
-    let dir = common::scratch("eval-parity-classification");
+    let dir = medpatch_testkit::scratch("eval-parity-classification");
     let data = classes(500, 11);
     // cases.csv as `medpatch evaluate` writes it, and thresholds for half the classes.
     let mut text = String::from("id,path");
@@ -52,7 +50,7 @@ fn classification_metrics_equal_scikit_learn() {
     std::fs::write(dir.join("thresholds.json"), json!({ "classification": thresholds }).to_string()).unwrap();
     for rule in ["ge", "gt"] {
         let out = dir.join(format!("sklearn-{rule}.json"));
-        common::run_python(
+        medpatch_testkit::run_python(
             "eval_reference.py",
             &[
                 "classification",
@@ -89,7 +87,7 @@ fn classification_metrics_equal_scikit_learn() {
 
 #[test]
 fn bootstrap_equals_a_numpy_transcription_on_the_same_indices() {
-    let dir = common::scratch("eval-parity-bootstrap");
+    let dir = medpatch_testkit::scratch("eval-parity-bootstrap");
     let data = classes(80, 5);
     let options = BootstrapOptions { resamples: 400, seed: 17, rule: ThresholdRule::Ge };
     let inputs: Vec<ClassInput> =
@@ -107,7 +105,7 @@ fn bootstrap_equals_a_numpy_transcription_on_the_same_indices() {
     });
     std::fs::write(dir.join("bootstrap.json"), spec.to_string()).unwrap();
     let out = dir.join("numpy.json");
-    common::run_python(
+    medpatch_testkit::run_python(
         "eval_reference.py",
         &["bootstrap", "--data", dir.join("bootstrap.json").to_str().unwrap(), "--out", out.to_str().unwrap()],
     );
@@ -143,7 +141,7 @@ fn bootstrap_equals_a_numpy_transcription_on_the_same_indices() {
 
 #[test]
 fn resize_equals_torch_bit_for_bit() {
-    let dir = common::scratch("eval-parity-resize");
+    let dir = medpatch_testkit::scratch("eval-parity-resize");
     let mut rng = Rng::new(2);
     let cases = [(8, 8, 707, 580), (8, 8, 320, 390), (512, 512, 300, 260), (16, 16, 425, 512), (64, 64, 37, 100)];
     let maps: Vec<Vec<f32>> =
@@ -155,7 +153,7 @@ fn resize_equals_torch_bit_for_bit() {
         .collect();
     std::fs::write(dir.join("spec.json"), Value::Array(spec).to_string()).unwrap();
     let out = dir.join("torch.json");
-    common::run_python(
+    medpatch_testkit::run_python(
         "eval_reference.py",
         &["resize", "--spec", dir.join("spec.json").to_str().unwrap(), "--out", out.to_str().unwrap()],
     );

@@ -1,13 +1,11 @@
 //! The exporter against PyTorch/torchvision: a torchvision EfficientNetV2 MedicalPatchNet
 //! checkpoint, saved like the published one, exported by medpatch, run in ONNX Runtime and tract.
 
-mod common;
-
-use common::*;
 use medpatch_engine::backend::{self, BackendOptions, Provider, ProviderChoice};
 use medpatch_engine::{Model, ModelOrigin};
 use medpatch_exporter::{ExportOptions, WeightsSource, export};
 use medpatch_models::ArchConfig;
+use medpatch_testkit::*;
 use std::path::Path;
 
 const TOLERANCE: f32 = 1e-4;

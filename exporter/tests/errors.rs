@@ -1,16 +1,13 @@
 //! Bad exporter input: a clear error naming the file and the problem, and no output left behind.
 
-mod common;
-
-use common::*;
 use medpatch_exporter::efficientnet::random_weights;
 use medpatch_exporter::{ExportError, ExportOptions, WeightsSource, export};
 use medpatch_models::ArchConfig;
+use medpatch_testkit::*;
 use safetensors::Dtype;
 use safetensors::tensor::{TensorView, serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 fn tiny() -> ArchConfig {
     ArchConfig::builtin("efficientnet_v2_tiny").unwrap()
@@ -132,37 +129,4 @@ fn truncated_torch_checkpoint_is_refused() {
     std::fs::create_dir_all(cut.parent().unwrap()).unwrap();
     std::fs::write(&cut, &bytes[..bytes.len() - 1000]).unwrap();
     assert_fails_cleanly(&cut, &["truncated or corrupt"]);
-}
-
-#[test]
-fn cli_reports_errors_with_exit_codes() {
-    let dir = scratch("exporter-errors-cli");
-    let medpatch = env!("CARGO_BIN_EXE_medpatch");
-    let out = dir.join("m.onnx");
-    let garbage = dir.join("garbage.pt");
-    std::fs::write(&garbage, b"nope").unwrap();
-    let run = Command::new(medpatch).args(["export", "--weights"]).arg(&garbage).arg("-o").arg(&out).output().unwrap();
-    assert_eq!(run.status.code(), Some(1));
-    let stderr = String::from_utf8_lossy(&run.stderr);
-    assert!(stderr.contains("garbage.pt") && stderr.contains("not a PyTorch checkpoint"), "{stderr}");
-    assert!(!out.exists());
-
-    let run = Command::new(medpatch)
-        .args(["export", "--arch", "resnet50", "--random-init", "-o"])
-        .arg(&out)
-        .output()
-        .unwrap();
-    assert_eq!(run.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&run.stderr).contains("unknown architecture 'resnet50'"));
-
-    let run = Command::new(medpatch).args(["export", "-o"]).arg(&out).output().unwrap();
-    assert_eq!(run.status.code(), Some(2), "no weights and no --random-init is a usage error");
-
-    let run = Command::new(medpatch)
-        .args(["export", "--random-init", "--seed", "5", "--arch", "efficientnet_v2_tiny", "-o"])
-        .arg(&out)
-        .output()
-        .unwrap();
-    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
-    assert!(out.exists());
 }

@@ -1,11 +1,9 @@
 //! The engine against independent references: ONNX Runtime against tract on every real X-ray,
 //! and the whole pipeline against PIL/torchvision preprocessing plus the torch forward.
 
-mod common;
-
-use common::*;
 use medpatch_engine::decode::GrayImage;
 use medpatch_engine::{BackendOptions, Engine, ModelSource, Provider, ProviderChoice};
+use medpatch_testkit::*;
 
 fn engine(model: &medpatch_engine::Model, provider: Provider) -> Engine {
     Engine::builder()

@@ -1,13 +1,11 @@
 //! Saliency maps: the fast dense map against a direct, slow transcription of the seed's formula;
 //! completeness; thread safety.
 
-mod common;
-
-use common::*;
 use medpatch_engine::decode::GrayImage;
 use medpatch_engine::{Engine, Provider, ProviderChoice, explain};
 use medpatch_exporter::{ExportOptions, WeightsSource, export};
 use medpatch_models::ArchConfig;
+use medpatch_testkit::*;
 use std::sync::Arc;
 
 fn tiny_engine(name: &str) -> Engine {

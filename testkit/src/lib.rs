@@ -1,12 +1,13 @@
-//! Shared helpers for the workspace integration tests: where the repo, the real X-rays, the
-//! Python reference environment and ONNX Runtime are, and reading the references' `.npy` files.
-#![allow(dead_code)]
+//! Shared helpers for the workspace's integration tests: where the workspace, the real X-rays,
+//! the Python reference environment and ONNX Runtime are, reading the references' `.npy` files,
+//! and reference checkpoints made by PyTorch/torchvision.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+/// The workspace root (the checkout), whichever crate's test asks.
 pub fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("testkit/ is inside the workspace").to_path_buf()
 }
 
 /// Whether `../shared/data/cxr` is beside the checkout. Tests that need the real X-rays start
@@ -152,4 +153,12 @@ pub fn all_real_xrays() -> Vec<PathBuf> {
         all.extend(files);
     }
     all
+}
+
+/// Does the CPU have bf16 arithmetic (AVX512-BF16 or AMX), by the kernel's CPU flags, whatever
+/// OpenVINO says? Decides which behaviour the bf16 tests demand.
+pub fn cpu_has_bf16() -> bool {
+    let info = std::fs::read_to_string("/proc/cpuinfo").expect("the bf16 tests read /proc/cpuinfo (Linux)");
+    let flags = info.lines().find(|l| l.starts_with("flags")).unwrap_or_default();
+    flags.split_whitespace().any(|f| f == "avx512_bf16" || f == "amx_bf16")
 }
