@@ -1,0 +1,67 @@
+//! `medpatch-train evaluate`: AUROC of a checkpoint on a CSV split.
+
+use super::{DeviceArg, parent_dir};
+use anyhow::{Context, Result};
+use clap::Args;
+use medpatch_train::data::Dataset;
+use medpatch_train::trainer::{self, CheckpointMeta};
+use std::path::PathBuf;
+use std::sync::Arc;
+use tch::Device;
+
+#[derive(Args)]
+pub(crate) struct EvaluateArgs {
+    /// Checkpoint JSON written by `train`.
+    #[arg(long)]
+    checkpoint: PathBuf,
+    #[arg(long)]
+    csv: PathBuf,
+    #[arg(long)]
+    data_root: Option<PathBuf>,
+    #[arg(long, default_value_t = 16)]
+    batch_size: usize,
+    #[arg(long, default_value_t = 2)]
+    workers: usize,
+    #[arg(long, default_value_t = 0)]
+    threads: i32,
+    #[arg(long, value_enum, default_value_t = DeviceArg::Auto)]
+    device: DeviceArg,
+    /// Write the metrics (and per-image scores) as JSON here.
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+pub(crate) fn evaluate_cmd(a: EvaluateArgs) -> Result<()> {
+    if a.threads > 0 {
+        tch::set_num_threads(a.threads);
+    }
+    let meta: CheckpointMeta = serde_json::from_str(
+        &std::fs::read_to_string(&a.checkpoint).with_context(|| format!("cannot read {}", a.checkpoint.display()))?,
+    )?;
+    let device = a.device.resolve()?;
+    let mut vs = tch::nn::VarStore::new(Device::Cpu);
+    let net = trainer::build_model(&vs, &meta.arch_config, meta.patch_size);
+    trainer::load_exact(&vs, &parent_dir(&a.checkpoint).join(&meta.weights_file))?;
+    vs.set_device(device);
+    let root = a.data_root.clone().unwrap_or_else(|| parent_dir(&a.csv));
+    let dataset = Arc::new(Dataset::from_csv(&a.csv, &root)?);
+    let (scores, targets, loss) =
+        trainer::predict(&net, &dataset, device, a.batch_size, meta.image_size, a.workers, false)?;
+    let v = trainer::validation_from(&scores, &targets, loss);
+    for c in &v.auroc {
+        eprintln!("{:>28}: {}", c.class, c.auroc.map_or("n/a".into(), |x| format!("{x:.4}")));
+    }
+    eprintln!("{:>28}: {}", "mean AUROC", v.mean_auroc.map_or("n/a".into(), |x| format!("{x:.4}")));
+    let report = serde_json::json!({
+        "checkpoint": a.checkpoint.display().to_string(),
+        "csv": a.csv.display().to_string(),
+        "metrics": v,
+        "paths": dataset.records.iter().map(|r| r.path.clone()).collect::<Vec<_>>(),
+        "scores": scores.chunks(14).map(|c| c.to_vec()).collect::<Vec<_>>(),
+    });
+    match &a.out {
+        Some(path) => std::fs::write(path, serde_json::to_string_pretty(&report)?)?,
+        None => println!("{}", serde_json::to_string_pretty(&report["metrics"])?),
+    }
+    Ok(())
+}

@@ -1,0 +1,50 @@
+//! The subcommands of `medpatch-train`, one file each; shared argument types here.
+
+pub(crate) mod bench;
+pub(crate) mod evaluate;
+pub(crate) mod preprocess;
+pub(crate) mod synth;
+pub(crate) mod train;
+
+use anyhow::Result;
+use std::path::{Path, PathBuf};
+use tch::Device;
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub(crate) enum DeviceArg {
+    Auto,
+    Cpu,
+    Cuda,
+}
+
+impl DeviceArg {
+    fn resolve(self) -> Result<Device> {
+        Ok(match self {
+            DeviceArg::Auto => Device::cuda_if_available(),
+            DeviceArg::Cpu => Device::Cpu,
+            DeviceArg::Cuda => {
+                anyhow::ensure!(
+                    tch::Cuda::is_available(),
+                    "CUDA is not available to this libtorch (run `medpatch-train doctor`)"
+                );
+                Device::Cuda(0)
+            }
+        })
+    }
+}
+
+pub(crate) fn parent_dir(p: &Path) -> PathBuf {
+    p.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."))
+}
+
+pub(crate) fn doctor() -> Result<()> {
+    println!("libtorch intra-op threads: {}", tch::get_num_threads());
+    println!("CUDA available: {}", tch::Cuda::is_available());
+    println!("CUDA devices: {}", tch::Cuda::device_count());
+    println!("cuDNN available: {}", tch::Cuda::cudnn_is_available());
+    if tch::Cuda::is_available() {
+        let t = tch::Tensor::ones([2, 2], (tch::Kind::Float, Device::Cuda(0)));
+        println!("CUDA tensor sum: {}", t.sum(tch::Kind::Float).double_value(&[]));
+    }
+    Ok(())
+}
