@@ -128,6 +128,23 @@ impl BackendError {
     }
 }
 
+/// What a caught panic said.
+pub(crate) fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+    panic
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "unknown panic".into())
+}
+
+/// Run `f`, turning a panic inside a runtime into an error: tract's and the `openvino` crate's
+/// asserts, unwraps and overflow checks are reachable from a hostile model file (found by
+/// engine/tests/model_mutations.rs), and no panic may cross the library boundary.
+pub(crate) fn guard<T, E>(f: impl FnOnce() -> Result<T, E>, on_panic: impl FnOnce(String) -> E) -> Result<T, E> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))
+        .unwrap_or_else(|panic| Err(on_panic(panic_message(&panic))))
+}
+
 /// What the user asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum ProviderChoice {

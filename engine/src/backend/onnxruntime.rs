@@ -1,5 +1,5 @@
-use super::BackendError;
 use super::{Backend, BackendOptions, Precision, Provider};
+use super::{BackendError, panic_message};
 use crate::model::Model;
 use medpatch_models::contract::INPUT_NAME;
 use ort::ep;
@@ -71,14 +71,6 @@ fn environment(requested: Option<&Path>) -> Result<&'static ort::environment::En
         },
         Err(e) => Err(e.clone()),
     }
-}
-
-pub(crate) fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
-    panic
-        .downcast_ref::<String>()
-        .cloned()
-        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-        .unwrap_or_else(|| "unknown panic".into())
 }
 
 pub struct OrtBackend {

@@ -9,14 +9,14 @@
 //! f32. The compiled model's own report of its precision is checked too, because OpenVINO ignores
 //! a bf16 hint on CPUs without BF16 and silently runs f32.
 
-use super::BackendError;
 use super::{Backend, BackendOptions, Precision, Provider};
+use super::{BackendError, guard, panic_message};
 use crate::model::Model;
 use ::openvino::{
     CompiledModel, Core, DeviceType, Dimension, ElementType, InferRequest, InferenceError, PartialShape, PropertyKey,
     RwPropertyKey, Shape, Tensor,
 };
-use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::panic::catch_unwind;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -127,17 +127,10 @@ fn load(requested: Option<&Path>) -> Result<PathBuf, String> {
         return Err(format!("OpenVINO library {} does not exist. {}", path.display(), not_found()));
     }
     let attempt = catch_unwind(|| openvino_sys::library::load_from(path.clone()))
-        .unwrap_or_else(|panic| Err(super::onnxruntime::panic_message(&panic)));
+        .unwrap_or_else(|panic| Err(panic_message(&panic)));
     attempt.map_err(|e| format!("cannot load OpenVINO from {}: {e}", path.display()))?;
     *loaded = Some(path.clone());
     Ok(path)
-}
-
-/// Run `f`, turning a panic of the `openvino` crate (it has a few `expect`s and asserts) into an
-/// error: no panic crosses the library boundary.
-fn guard<T>(what: &str, f: impl FnOnce() -> Result<T, String>) -> Result<T, String> {
-    catch_unwind(AssertUnwindSafe(f))
-        .unwrap_or_else(|panic| Err(format!("{what}: {}", super::onnxruntime::panic_message(&panic))))
 }
 
 /// OpenVINO's name for a precision hint.
@@ -176,7 +169,7 @@ fn ov_run_err(what: &'static str) -> impl Fn(InferenceError) -> BackendError {
 impl OpenVinoBackend {
     pub fn new(model: &Model, precision: Precision, options: &BackendOptions) -> Result<Self, String> {
         let library = load(options.openvino_library.as_deref())?;
-        guard("OpenVINO", || Self::start(model, precision, options, &library))
+        guard(|| Self::start(model, precision, options, &library), |panic| format!("OpenVINO: {panic}"))
     }
 
     fn start(model: &Model, precision: Precision, options: &BackendOptions, library: &Path) -> Result<Self, String> {
@@ -278,34 +271,34 @@ impl Backend for OpenVinoBackend {
 
     fn run(&self, patches: &[f32], n: usize) -> Result<Vec<f32>, BackendError> {
         let parts = self.requests.len().min(n).max(1);
-        // No panic of the `openvino` crate crosses the library boundary (see `guard`).
-        let result = catch_unwind(AssertUnwindSafe(|| {
-            if parts == 1 {
-                return self.infer(&self.requests[0], patches, n);
-            }
-            // One contiguous share of the batch per stream, run side by side.
-            let per_patch: usize = self.patch_shape.iter().product();
-            let share = n.div_ceil(parts) * per_patch;
-            let outputs: Vec<Result<Vec<f32>, BackendError>> = std::thread::scope(|scope| {
-                let workers: Vec<_> = patches
-                    .chunks(share)
-                    .zip(&self.requests)
-                    .map(|(part, request)| scope.spawn(move || self.infer(request, part, part.len() / per_patch)))
-                    .collect();
-                workers
-                    .into_iter()
-                    .map(|w| w.join().unwrap_or(Err(BackendError::WorkerPanicked { provider: Provider::OpenVino })))
-                    .collect()
-            });
-            let mut logits = Vec::with_capacity(n * self.classes);
-            for part in outputs {
-                logits.extend(part?);
-            }
-            Ok(logits)
-        }));
-        result.unwrap_or_else(|panic| {
-            Err(BackendError::runtime(Provider::OpenVino, super::onnxruntime::panic_message(&panic)))
-        })
+        // No panic of the `openvino` crate crosses the library boundary.
+        guard(
+            || {
+                if parts == 1 {
+                    return self.infer(&self.requests[0], patches, n);
+                }
+                // One contiguous share of the batch per stream, run side by side.
+                let per_patch: usize = self.patch_shape.iter().product();
+                let share = n.div_ceil(parts) * per_patch;
+                let outputs: Vec<Result<Vec<f32>, BackendError>> = std::thread::scope(|scope| {
+                    let workers: Vec<_> = patches
+                        .chunks(share)
+                        .zip(&self.requests)
+                        .map(|(part, request)| scope.spawn(move || self.infer(request, part, part.len() / per_patch)))
+                        .collect();
+                    workers
+                        .into_iter()
+                        .map(|w| w.join().unwrap_or(Err(BackendError::WorkerPanicked { provider: Provider::OpenVino })))
+                        .collect()
+                });
+                let mut logits = Vec::with_capacity(n * self.classes);
+                for part in outputs {
+                    logits.extend(part?);
+                }
+                Ok(logits)
+            },
+            |panic| BackendError::runtime(Provider::OpenVino, panic),
+        )
     }
 }
 

@@ -1,5 +1,5 @@
-use super::BackendError;
 use super::{Backend, BackendOptions, Provider};
+use super::{BackendError, guard};
 use crate::model::Model;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -27,9 +27,11 @@ pub struct TractBackend {
 impl TractBackend {
     pub fn new(model: &Model, options: &BackendOptions) -> Result<Self, String> {
         let p = model.patch_size();
-        let onnx = tract_onnx::onnx()
-            .model_for_read(&mut &model.bytes[..])
-            .map_err(|e| format!("tract cannot read the model: {e:#}"))?;
+        let onnx = guard(
+            || tract_onnx::onnx().model_for_read(&mut &model.bytes[..]).map_err(|e| format!("{e:#}")),
+            |panic| format!("tract panicked: {panic}"),
+        )
+        .map_err(|e| format!("tract cannot read the model: {e}"))?;
         let threads = match options.threads {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
             n => n,
@@ -54,13 +56,16 @@ impl TractBackend {
             return Ok(plan.clone());
         }
         let [c, h, w] = self.patch_shape;
-        let plan = self
-            .model
-            .clone()
-            .with_input_fact(0, f32::fact([n, c, h, w]).into())
-            .and_then(|m| m.into_optimized())
-            .and_then(|m| m.into_runnable())
-            .map_err(|e| format!("tract cannot optimise the model for batch {n}: {e:#}"))?;
+        let optimise = || {
+            self.model
+                .clone()
+                .with_input_fact(0, f32::fact([n, c, h, w]).into())
+                .and_then(|m| m.into_optimized())
+                .and_then(|m| m.into_runnable())
+                .map_err(|e| format!("{e:#}"))
+        };
+        let plan = guard(optimise, |panic| format!("tract panicked: {panic}"))
+            .map_err(|e| format!("tract cannot optimise the model for batch {n}: {e}"))?;
         plans.insert(n, plan.clone());
         Ok(plan)
     }
@@ -105,7 +110,10 @@ impl TractBackend {
         let plan = self.plan(n).map_err(|e| fail("planning", &e))?;
         let input =
             tract_ndarray::Array4::from_shape_vec((n, c, h, w), patches.to_vec()).map_err(|e| fail("input", &e))?;
-        let outputs = plan.run(tvec!(Tensor::from(input).into_tvalue())).map_err(|e| fail("running", &e))?;
+        let outputs = guard(
+            || plan.run(tvec!(Tensor::from(input).into_tvalue())).map_err(|e| fail("running", &e)),
+            |panic| fail("running", &format!("tract panicked: {panic}")),
+        )?;
         let logits = outputs[0].to_plain_array_view::<f32>().map_err(|e| fail("output", &e))?;
         BackendError::check_shape(Provider::Tract, logits.shape(), n, self.classes)?;
         Ok(logits.iter().copied().collect())
