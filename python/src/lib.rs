@@ -441,7 +441,7 @@ impl Engine {
     /// Predict many X-rays in batches (their patches go through the backend together, and the
     /// next images are decoded meanwhile). Returns one item per input, in order: a Result, or the
     /// exception object for an input that failed (not raised), so one bad file does not lose the
-    /// others. images_per_batch: default from the engine's batch_size (256 patches = 4 images).
+    /// others. images_per_batch: default from the engine's batch_size (64 patches = 1 image).
     #[pyo3(signature = (images, *, images_per_batch=None))]
     fn predict_many(
         &self,
