@@ -107,7 +107,7 @@ impl Scene {
     /// Edema: bilateral perihilar haze and Kerley B lines.
     pub(crate) fn edema(&self, rng: &mut Rng, finding: &mut Canvas) -> Mask {
         let (w, h, wf, lh, c, sz) = (self.w, self.h, self.wf, self.lh, self.c, self.sz);
-        let (a, lung, texture) = (&self.a, &self.lung, &self.texture);
+        let (a, texture) = (&self.a, &self.texture);
         let mut m = Mask::new(h, w);
         let hilum_y = a.top + 0.5 * lh;
         let mut kerley = Canvas::new(w, h);
@@ -123,24 +123,17 @@ impl Scene {
                 let len = wf * rng.rangef(0.02, 0.035);
                 kerley.stroke(&[(x_out, y), (x_out - side.sign() * len, y)], 0.7, 1.0, None);
             }
-            for y in 0..h {
-                for x in 0..w {
-                    let i = y * w + x;
-                    if lung[i] != Some(side) {
-                        continue;
-                    }
-                    let (px, py) = (x as f32 + 0.5, y as f32 + 0.5);
-                    let e = ((px - hx) / rx).powi(2) + ((py - hilum_y) / ry).powi(2);
-                    let in_band = py > a.top + 0.58 * lh && (px - a.cx).abs() > a.lateral(side, py) - band;
-                    if e < 1.0 {
-                        m.data[i] = true;
-                        let tex = 0.7 + 0.3 * texture.at(px, py);
-                        finding.d[i] += 0.13 * c * (1.0 - e).sqrt() * tex;
-                    }
-                    if in_band {
-                        m.data[i] = true;
-                        finding.d[i] += 0.16 * c * kerley.d[i];
-                    }
+            for (i, px, py) in self.lung_pixels(side) {
+                let e = ((px - hx) / rx).powi(2) + ((py - hilum_y) / ry).powi(2);
+                let in_band = py > a.top + 0.58 * lh && (px - a.cx).abs() > a.lateral(side, py) - band;
+                if e < 1.0 {
+                    m.data[i] = true;
+                    let tex = 0.7 + 0.3 * texture.at(px, py);
+                    finding.d[i] += 0.13 * c * (1.0 - e).sqrt() * tex;
+                }
+                if in_band {
+                    m.data[i] = true;
+                    finding.d[i] += 0.16 * c * kerley.d[i];
                 }
             }
         }
@@ -182,87 +175,69 @@ impl Scene {
     /// Pneumothorax: an apicolateral crescent without vessels, hyperlucent, with the visceral
     /// pleural line.
     pub(crate) fn pneumothorax(&self, rng: &mut Rng, mask: &mut Mask, no_vessels: &mut Mask, finding: &mut Canvas) {
-        let (w, h, wf, lh, c, sz) = (self.w, self.h, self.wf, self.lh, self.c, self.sz);
-        let (a, lung) = (&self.a, &self.lung);
+        let (wf, lh, c, sz) = (self.wf, self.lh, self.c, self.sz);
+        let a = &self.a;
         let side = Side::random(rng);
         let depth = wf * rng.rangef(0.035, 0.08) * sz;
         let cut = a.top + lh * rng.rangef(0.55, 0.8);
         let m = mask;
-        for y in 0..h {
-            for x in 0..w {
-                let i = y * w + x;
-                if lung[i] != Some(side) {
-                    continue;
-                }
-                let (px, py) = (x as f32 + 0.5, y as f32 + 0.5);
-                if py > cut {
-                    continue;
-                }
-                let taper = (1.0 - ((py - a.top) / (cut - a.top)).powi(2)).max(0.0).sqrt();
-                let dd = depth * taper;
-                let d = (px - a.cx).abs();
-                let from_lateral = a.lateral(side, py) - d;
-                let from_apex = py - a.apex(d);
-                let inner = from_lateral.min(from_apex);
-                if inner < dd {
-                    m.data[i] = true;
-                    no_vessels.data[i] = true;
-                    finding.d[i] -= 0.07 * c;
-                } else if inner < dd + 1.6 && dd > 2.0 {
-                    // The visceral pleural line lies on the mask's inner border (marked as part of it).
-                    m.data[i] = true;
-                    finding.d[i] += 0.16 * c;
-                }
+        for (i, px, py) in self.lung_pixels(side) {
+            if py > cut {
+                continue;
+            }
+            let taper = (1.0 - ((py - a.top) / (cut - a.top)).powi(2)).max(0.0).sqrt();
+            let dd = depth * taper;
+            let d = (px - a.cx).abs();
+            let from_lateral = a.lateral(side, py) - d;
+            let from_apex = py - a.apex(d);
+            let inner = from_lateral.min(from_apex);
+            if inner < dd {
+                m.data[i] = true;
+                no_vessels.data[i] = true;
+                finding.d[i] -= 0.07 * c;
+            } else if inner < dd + 1.6 && dd > 2.0 {
+                // The visceral pleural line lies on the mask's inner border (marked as part of it).
+                m.data[i] = true;
+                finding.d[i] += 0.16 * c;
             }
         }
     }
 
     /// Pleural Effusion: basal fluid with a meniscus.
     pub(crate) fn pleural_effusion(&self, rng: &mut Rng, mask: &mut Mask, finding: &mut Canvas) {
-        let (w, h, lh, c, sz) = (self.w, self.h, self.lh, self.c, self.sz);
-        let (a, lung) = (&self.a, &self.lung);
+        let (lh, c, sz) = (self.lh, self.c, self.sz);
+        let a = &self.a;
         let side = Side::random(rng);
         let height = lh * rng.rangef(0.08, 0.22) * sz;
         let m = mask;
-        for y in 0..h {
-            for x in 0..w {
-                let i = y * w + x;
-                if lung[i] != Some(side) {
-                    continue;
-                }
-                let (px, py) = (x as f32 + 0.5, y as f32 + 0.5);
-                let d = (px - a.cx).abs();
-                let (m0, l0) = (a.medial(side, py), a.lateral(side, py));
-                let s = ((d - m0) / (l0 - m0).max(1.0)).clamp(0.0, 1.0);
-                // Meniscus: the fluid climbs laterally.
-                let level = a.diaphragm(side, d) - height * (0.6 + 0.8 * s * s);
-                if py > level {
-                    m.data[i] = true;
-                    finding.d[i] += 0.32 * c * smoothstep(level, level + 0.03 * lh, py).max(0.3);
-                }
+        for (i, px, py) in self.lung_pixels(side) {
+            let d = (px - a.cx).abs();
+            let (m0, l0) = (a.medial(side, py), a.lateral(side, py));
+            let s = ((d - m0) / (l0 - m0).max(1.0)).clamp(0.0, 1.0);
+            // Meniscus: the fluid climbs laterally.
+            let level = a.diaphragm(side, d) - height * (0.6 + 0.8 * s * s);
+            if py > level {
+                m.data[i] = true;
+                finding.d[i] += 0.32 * c * smoothstep(level, level + 0.03 * lh, py).max(0.3);
             }
         }
     }
 
     /// Pleural Other: pleural thickening along the lateral chest wall (no mask).
     pub(crate) fn pleural_other(&self, rng: &mut Rng, finding: &mut Canvas) {
-        let (w, h, wf, lh, c, sz) = (self.w, self.h, self.wf, self.lh, self.c, self.sz);
-        let (a, lung) = (&self.a, &self.lung);
+        let (wf, lh, c, sz) = (self.wf, self.lh, self.c, self.sz);
+        let a = &self.a;
         let side = Side::random(rng);
         let y0 = a.top + lh * rng.rangef(0.25, 0.5);
         let y1 = y0 + lh * rng.rangef(0.15, 0.3) * sz;
         let th = wf * rng.rangef(0.012, 0.022) * sz;
-        for y in 0..h {
-            for x in 0..w {
-                let i = y * w + x;
-                let (px, py) = (x as f32 + 0.5, y as f32 + 0.5);
-                if lung[i] != Some(side) || py < y0 || py > y1 {
-                    continue;
-                }
-                let lens = (1.0 - ((2.0 * py - y0 - y1) / (y1 - y0)).powi(2)).max(0.0).sqrt();
-                if a.lateral(side, py) - (px - a.cx).abs() < th * lens {
-                    finding.d[i] += 0.2 * c;
-                }
+        for (i, px, py) in self.lung_pixels(side) {
+            if py < y0 || py > y1 {
+                continue;
+            }
+            let lens = (1.0 - ((2.0 * py - y0 - y1) / (y1 - y0)).powi(2)).max(0.0).sqrt();
+            if a.lateral(side, py) - (px - a.cx).abs() < th * lens {
+                finding.d[i] += 0.2 * c;
             }
         }
     }

@@ -250,6 +250,16 @@ impl Scene {
         (m, field)
     }
 
+    /// Every pixel of the `side` lung, in row-major order: (index, pixel-centre x, y).
+    pub(crate) fn lung_pixels(&self, side: Side) -> impl Iterator<Item = (usize, f32, f32)> + '_ {
+        let w = self.w;
+        self.lung
+            .iter()
+            .enumerate()
+            .filter(move |(_, lung)| **lung == Some(side))
+            .map(move |(i, _)| (i, (i % w) as f32 + 0.5, (i / w) as f32 + 0.5))
+    }
+
     /// Enlarged structures: their masks are the structures themselves.
     fn enlarged_structure_masks(&self, labels: &Labels, masks: &mut Masks) {
         let (w, h, a) = (self.w, self.h, &self.a);
