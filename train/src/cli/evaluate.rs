@@ -1,6 +1,6 @@
 //! `medpatch-train evaluate`: AUROC of a checkpoint on a CSV split.
 
-use super::{DeviceArg, parent_dir};
+use super::{Compute, parent_dir};
 use anyhow::{Context, Result};
 use clap::Args;
 use medpatch_train::data::Dataset;
@@ -20,25 +20,21 @@ pub(crate) struct EvaluateArgs {
     data_root: Option<PathBuf>,
     #[arg(long, default_value_t = 16)]
     batch_size: usize,
-    #[arg(long, default_value_t = 2)]
-    workers: usize,
-    #[arg(long, default_value_t = 0)]
-    threads: i32,
-    #[arg(long, value_enum, default_value_t = DeviceArg::Auto)]
-    device: DeviceArg,
+    #[command(flatten)]
+    compute: Compute,
     /// Write the metrics (and per-image scores) as JSON here.
     #[arg(long)]
     out: Option<PathBuf>,
 }
 
 pub(crate) fn evaluate_cmd(a: EvaluateArgs) -> Result<()> {
-    if a.threads > 0 {
-        tch::set_num_threads(a.threads);
+    if a.compute.threads > 0 {
+        tch::set_num_threads(a.compute.threads);
     }
     let meta: CheckpointMeta = serde_json::from_str(
         &std::fs::read_to_string(&a.checkpoint).with_context(|| format!("cannot read {}", a.checkpoint.display()))?,
     )?;
-    let device = a.device.resolve()?;
+    let device = a.compute.device.resolve()?;
     let mut vs = tch::nn::VarStore::new(Device::Cpu);
     let net = trainer::build_model(&vs, &meta.arch_config, meta.patch_size);
     trainer::load_exact(&vs, &parent_dir(&a.checkpoint).join(&meta.weights_file))?;
@@ -46,7 +42,7 @@ pub(crate) fn evaluate_cmd(a: EvaluateArgs) -> Result<()> {
     let root = a.data_root.clone().unwrap_or_else(|| parent_dir(&a.csv));
     let dataset = Arc::new(Dataset::from_csv(&a.csv, &root)?);
     let (scores, targets, loss) =
-        trainer::predict(&net, &dataset, device, a.batch_size, meta.image_size, a.workers, false)?;
+        trainer::predict(&net, &dataset, device, a.batch_size, meta.image_size, a.compute.workers, false)?;
     let v = trainer::validation_from(&scores, &targets, loss);
     for c in &v.auroc {
         eprintln!("{:>28}: {}", c.class, c.auroc.map_or("n/a".into(), |x| format!("{x:.4}")));

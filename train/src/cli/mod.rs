@@ -10,6 +10,19 @@ use anyhow::Result;
 use std::path::{Path, PathBuf};
 use tch::Device;
 
+/// Where and how wide training and evaluation compute (shared by `train` and `evaluate`).
+#[derive(clap::Args)]
+pub(crate) struct Compute {
+    /// Data loading threads.
+    #[arg(long, default_value_t = 2)]
+    pub(crate) workers: usize,
+    /// libtorch intra-op threads (0: libtorch's default, all cores).
+    #[arg(long, default_value_t = 0)]
+    pub(crate) threads: i32,
+    #[arg(long, value_enum, default_value_t = DeviceArg::Auto)]
+    pub(crate) device: DeviceArg,
+}
+
 #[derive(Clone, Copy, clap::ValueEnum)]
 pub(crate) enum DeviceArg {
     Auto,

@@ -1,6 +1,6 @@
 //! `medpatch-train train`: Training.
 
-use super::{DeviceArg, parent_dir};
+use super::{Compute, parent_dir};
 use anyhow::Result;
 use clap::Args;
 use medpatch_train::trainer::{self, TrainOptions};
@@ -40,14 +40,8 @@ pub(crate) struct TrainArgs {
     pct_start: f64,
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Data loading threads.
-    #[arg(long, default_value_t = 2)]
-    workers: usize,
-    /// libtorch intra-op threads (0: libtorch's default, all cores).
-    #[arg(long, default_value_t = 0)]
-    threads: i32,
-    #[arg(long, value_enum, default_value_t = DeviceArg::Auto)]
-    device: DeviceArg,
+    #[command(flatten)]
+    compute: Compute,
     /// Disable mixed precision on CUDA (on by default there, as in the seed).
     #[arg(long)]
     no_amp: bool,
@@ -80,7 +74,7 @@ pub(crate) fn train_cmd(a: TrainArgs) -> Result<()> {
         .clone()
         .or(a.data_root.clone())
         .unwrap_or_else(|| a.valid_csv.as_deref().map(parent_dir).unwrap_or_default());
-    let device = a.device.resolve()?;
+    let device = a.compute.device.resolve()?;
     let opts = TrainOptions {
         arch: a.arch,
         patch_size: a.patch_size,
@@ -96,8 +90,8 @@ pub(crate) fn train_cmd(a: TrainArgs) -> Result<()> {
         weight_decay: a.weight_decay,
         pct_start: a.pct_start,
         seed: a.seed,
-        workers: a.workers,
-        threads: a.threads,
+        workers: a.compute.workers,
+        threads: a.compute.threads,
         device,
         amp: !a.no_amp,
         init: a.init,
