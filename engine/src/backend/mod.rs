@@ -145,6 +145,39 @@ pub(crate) fn guard<T, E>(f: impl FnOnce() -> Result<T, E>, on_panic: impl FnOnc
         .unwrap_or_else(|panic| Err(on_panic(panic_message(&panic))))
 }
 
+/// Data parallelism for runtimes that run one request on one core well but do not spread it
+/// (tract's plans, OpenVINO's infer requests): split `n` patches of `per_patch` values into
+/// `parts` contiguous shares, run `run(k, share, share_n)` for each share `k` on its own thread,
+/// and join the logits in order.
+pub(crate) fn run_in_parts(
+    provider: Provider,
+    patches: &[f32],
+    n: usize,
+    per_patch: usize,
+    parts: usize,
+    run: impl Fn(usize, &[f32], usize) -> Result<Vec<f32>, BackendError> + Sync,
+) -> Result<Vec<f32>, BackendError> {
+    let parts = parts.min(n).max(1);
+    if parts == 1 {
+        return run(0, patches, n);
+    }
+    let share = n.div_ceil(parts) * per_patch;
+    let run = &run;
+    let outputs: Vec<Result<Vec<f32>, BackendError>> = std::thread::scope(|scope| {
+        let workers: Vec<_> = patches
+            .chunks(share)
+            .enumerate()
+            .map(|(k, part)| scope.spawn(move || run(k, part, part.len() / per_patch)))
+            .collect();
+        workers.into_iter().map(|w| w.join().unwrap_or(Err(BackendError::WorkerPanicked { provider }))).collect()
+    });
+    let mut logits = Vec::new();
+    for part in outputs {
+        logits.extend(part?);
+    }
+    Ok(logits)
+}
+
 /// What the user asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum ProviderChoice {

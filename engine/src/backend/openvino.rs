@@ -10,7 +10,7 @@
 //! a bf16 hint on CPUs without BF16 and silently runs f32.
 
 use super::{Backend, BackendOptions, Precision, Provider};
-use super::{BackendError, guard, panic_message};
+use super::{BackendError, guard, panic_message, run_in_parts};
 use crate::model::Model;
 use ::openvino::{
     CompiledModel, Core, DeviceType, Dimension, ElementType, InferRequest, InferenceError, PartialShape, PropertyKey,
@@ -270,32 +270,14 @@ impl Backend for OpenVinoBackend {
     }
 
     fn run(&self, patches: &[f32], n: usize) -> Result<Vec<f32>, BackendError> {
-        let parts = self.requests.len().min(n).max(1);
-        // No panic of the `openvino` crate crosses the library boundary.
+        // One contiguous share of the batch per stream, run side by side; no panic of the
+        // `openvino` crate crosses the library boundary.
+        let per_patch: usize = self.patch_shape.iter().product();
         guard(
             || {
-                if parts == 1 {
-                    return self.infer(&self.requests[0], patches, n);
-                }
-                // One contiguous share of the batch per stream, run side by side.
-                let per_patch: usize = self.patch_shape.iter().product();
-                let share = n.div_ceil(parts) * per_patch;
-                let outputs: Vec<Result<Vec<f32>, BackendError>> = std::thread::scope(|scope| {
-                    let workers: Vec<_> = patches
-                        .chunks(share)
-                        .zip(&self.requests)
-                        .map(|(part, request)| scope.spawn(move || self.infer(request, part, part.len() / per_patch)))
-                        .collect();
-                    workers
-                        .into_iter()
-                        .map(|w| w.join().unwrap_or(Err(BackendError::WorkerPanicked { provider: Provider::OpenVino })))
-                        .collect()
-                });
-                let mut logits = Vec::with_capacity(n * self.classes);
-                for part in outputs {
-                    logits.extend(part?);
-                }
-                Ok(logits)
+                run_in_parts(Provider::OpenVino, patches, n, per_patch, self.requests.len(), |k, part, m| {
+                    self.infer(&self.requests[k], part, m)
+                })
             },
             |panic| BackendError::runtime(Provider::OpenVino, panic),
         )

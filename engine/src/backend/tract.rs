@@ -1,5 +1,5 @@
 use super::{Backend, BackendOptions, Provider};
-use super::{BackendError, guard};
+use super::{BackendError, guard, run_in_parts};
 use crate::model::Model;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -77,27 +77,8 @@ impl Backend for TractBackend {
     }
 
     fn run(&self, patches: &[f32], n: usize) -> Result<Vec<f32>, BackendError> {
-        let parts = self.threads.min(n).max(1);
-        if parts == 1 {
-            return self.run_part(patches, n);
-        }
         let per_patch: usize = self.patch_shape.iter().product();
-        let part_len = n.div_ceil(parts) * per_patch;
-        let outputs: Vec<Result<Vec<f32>, BackendError>> = std::thread::scope(|scope| {
-            let workers: Vec<_> = patches
-                .chunks(part_len)
-                .map(|part| scope.spawn(move || self.run_part(part, part.len() / per_patch)))
-                .collect();
-            workers
-                .into_iter()
-                .map(|w| w.join().unwrap_or(Err(BackendError::WorkerPanicked { provider: Provider::Tract })))
-                .collect()
-        });
-        let mut logits = Vec::with_capacity(n * self.classes);
-        for part in outputs {
-            logits.extend(part?);
-        }
-        Ok(logits)
+        run_in_parts(Provider::Tract, patches, n, per_patch, self.threads, |_, part, m| self.run_part(part, m))
     }
 }
 
