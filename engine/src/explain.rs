@@ -84,6 +84,25 @@ pub fn normalise(map: &[f32]) -> Vec<f32> {
     map.iter().map(|&v| (v.clamp(-200.0, 200.0) + 200.0) / 400.0).collect()
 }
 
+/// The overlay colour range calibrated on a model's own patch logits (e.g. of validation images):
+/// the 99th percentile of |patch logit| over every patch and class, rounded up to two significant
+/// digits, so that the strongest evidence saturates and typical patches stay readable; at most
+/// the ±200 the stored maps can express. `None` without a finite logit.
+pub fn calibrate_overlay_logit_range(patch_logits: &[f32]) -> Option<f32> {
+    let mut magnitudes: Vec<f32> = patch_logits.iter().filter(|v| v.is_finite()).map(|v| v.abs()).collect();
+    if magnitudes.is_empty() {
+        return None;
+    }
+    let k = ((magnitudes.len() - 1) as f64 * 0.99).round() as usize;
+    let (_, &mut p99, _) = magnitudes.select_nth_unstable_by(k, f32::total_cmp);
+    if p99 <= 0.0 {
+        return None;
+    }
+    let unit = 10f64.powf((p99 as f64).log10().floor() - 1.0);
+    // (The 1e-6 keeps a value already on the grid, e.g. 9.9, from rounding up a step.)
+    Some((((p99 as f64) / unit - 1e-6).ceil() * unit).min(200.0) as f32)
+}
+
 /// Shift-steps allowed for the dense map: divisors of the patch size that are powers of two.
 pub fn valid_shift_steps(steps: usize, patch: usize) -> bool {
     steps.is_power_of_two() && steps <= patch && patch.is_multiple_of(steps)
@@ -221,5 +240,16 @@ mod tests {
         shifted_window(&image, 3, 1, -1, &mut w);
         assert_eq!(w, vec![0.0, 4.0, 5.0, 0.0, 7.0, 8.0, 0.0, 0.0, 0.0]);
         assert!(normalise(&[-500.0, 0.0, 100.0]) == vec![0.0, 0.5, 0.75]);
+    }
+
+    #[test]
+    fn overlay_range_is_the_rounded_up_99th_percentile() {
+        // 1,000 magnitudes 0.01 … 10.0: the 99th percentile is 9.9 (index 989 of 0 … 999).
+        let logits: Vec<f32> = (1..=1000).map(|i| if i % 2 == 0 { i as f32 / 100.0 } else { -(i as f32) / 100.0 }).collect();
+        let range = calibrate_overlay_logit_range(&logits).unwrap();
+        assert!((range - 9.9).abs() < 1e-5, "{range}");
+        assert!((calibrate_overlay_logit_range(&[0.0123, -f32::NAN]).unwrap() - 0.013).abs() < 1e-7);
+        assert_eq!(calibrate_overlay_logit_range(&[1e6, -3e5]), Some(200.0));
+        assert_eq!(calibrate_overlay_logit_range(&[0.0, f32::NAN]), None);
     }
 }

@@ -3,23 +3,23 @@
 
 use crate::decode::GrayImage;
 
-/// The paper's overlay range in normalised units: ±0.2 around 0.5, i.e. ±80 logits.
-pub const PAPER_OVERLAY_RANGE: f32 = 0.2;
-
-/// The paper's colour scale: `(map − 0.5)` on red-white-blue spanning ±`range` (0.2, i.e. ±80
-/// logits after normalisation), red = evidence for, blue = against, white = neutral. RGB in [0, 1].
-fn diverging_colour(normalised: f32, range: f32) -> [f32; 3] {
-    let t = ((normalised - 0.5) / range).clamp(-1.0, 1.0);
+/// The paper's colour scale: `(map − 0.5)` on red-white-blue saturating at a patch logit of
+/// ±`logit_range` (the model's, [`medpatch_models::ModelMetadata::overlay_logit_range`]; the
+/// paper's is 80, i.e. ±0.2 in the normalised units), red = evidence for, blue = against, white =
+/// neutral. RGB in [0, 1].
+fn diverging_colour(normalised: f32, logit_range: f32) -> [f32; 3] {
+    // Normalised units are logits / 400 (see `explain::normalise`).
+    let t = ((normalised - 0.5) * 400.0 / logit_range).clamp(-1.0, 1.0);
     if t >= 0.0 { [1.0, 1.0 - t, 1.0 - t] } else { [1.0 + t, 1.0 + t, 1.0] }
 }
 
 /// The paper's figure: the colour scale blended with alpha 0.5 over the grayscale image.
 /// `normalised` is one class's map in [0, 1] (0.5 = logit 0). Returns RGB8, row-major.
-pub fn overlay_rgb(image: &GrayImage, normalised: &[f32], range: f32) -> Vec<u8> {
+pub fn overlay_rgb(image: &GrayImage, normalised: &[f32], logit_range: f32) -> Vec<u8> {
     debug_assert_eq!(image.pixels.len(), normalised.len());
     let mut rgb = Vec::with_capacity(normalised.len() * 3);
     for (&gray, &v) in image.pixels.iter().zip(normalised) {
-        for c in diverging_colour(v, range) {
+        for c in diverging_colour(v, logit_range) {
             rgb.push((255.0 * (0.5 * gray + 0.5 * c)).round().clamp(0.0, 255.0) as u8);
         }
     }
@@ -28,10 +28,10 @@ pub fn overlay_rgb(image: &GrayImage, normalised: &[f32], range: f32) -> Vec<u8>
 
 /// The colour layer alone, RGBA8 with alpha 0.5 (128): drawn over the grayscale image (e.g.
 /// matplotlib `imshow(image, cmap="gray")` then `imshow(layer)`) it gives [`overlay_rgb`].
-pub fn overlay_layer_rgba(normalised: &[f32], range: f32) -> Vec<u8> {
+pub fn overlay_layer_rgba(normalised: &[f32], logit_range: f32) -> Vec<u8> {
     let mut rgba = Vec::with_capacity(normalised.len() * 4);
     for &v in normalised {
-        for c in diverging_colour(v, range) {
+        for c in diverging_colour(v, logit_range) {
             rgba.push((255.0 * c).round() as u8);
         }
         rgba.push(128);
@@ -96,12 +96,17 @@ mod tests {
     #[test]
     fn overlay_colours_follow_the_sign() {
         let image = GrayImage { width: 3, height: 1, pixels: vec![0.0, 0.0, 1.0] };
-        let rgb = overlay_rgb(&image, &[0.7, 0.3, 0.5], 0.2);
+        // 0.7 / 0.3 are logits ±80, the paper's saturation.
+        let rgb = overlay_rgb(&image, &[0.7, 0.3, 0.5], 80.0);
         assert_eq!(&rgb[0..3], &[128, 0, 0]); // full red evidence for, over black
         assert_eq!(&rgb[3..6], &[0, 0, 128]); // full blue evidence against
         assert_eq!(&rgb[6..9], &[255, 255, 255]); // neutral white over white
-        let layer = overlay_layer_rgba(&[0.7, 0.3, 0.5], 0.2);
+        let layer = overlay_layer_rgba(&[0.7, 0.3, 0.5], 80.0);
         assert_eq!(layer, vec![255, 0, 0, 128, 0, 0, 255, 128, 255, 255, 255, 128]);
+        // A model with small logits: +2 is half-way to red at a range of 4, invisible at the paper's 80.
+        let plus_two = 0.5 + 2.0 / 400.0;
+        assert_eq!(&overlay_rgb(&image, &[plus_two; 3], 4.0)[0..3], &[128, 64, 64]);
+        assert_eq!(&overlay_rgb(&image, &[plus_two; 3], 80.0)[0..3], &[128, 125, 125]);
     }
 
     #[test]

@@ -43,6 +43,9 @@ pub struct ExportOptions {
     pub image_size: u32,
     /// Output names; `None`: the 14 CheXpert findings (the model must then have 14 outputs).
     pub classes: Option<Vec<String>>,
+    /// The overlay colour range to store (patch logit at which colours saturate); `None`: none
+    /// stored, readers use the paper's ±80.
+    pub overlay_logit_range: Option<f32>,
 }
 
 impl ExportOptions {
@@ -54,6 +57,7 @@ impl ExportOptions {
             patch_size: 64,
             image_size: 512,
             classes: None,
+            overlay_logit_range: None,
         }
     }
 }
@@ -124,6 +128,12 @@ pub fn export(options: &ExportOptions) -> Result<ExportReport, ExportError> {
     let mut metadata = ModelMetadata::new(&options.arch.name, p, options.image_size, classes);
     metadata.source_sha256 = weights.source_sha256.clone();
     metadata.source = source;
+    if let Some(range) = options.overlay_logit_range {
+        metadata.overlay_logit_range = Some(
+            medpatch_models::contract::check_overlay_logit_range(range)
+                .map_err(|problem| ExportError::Options(format!("overlay range {range}: {problem}")))?,
+        );
+    }
     let parameters = backbone.graph.parameter_count();
     let cin = options.arch.in_channels as i64;
     let doc = format!(

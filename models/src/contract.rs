@@ -41,6 +41,24 @@ pub mod keys {
     pub const ARCHITECTURE: &str = "medpatch.architecture";
     pub const SOURCE_SHA256: &str = "medpatch.source_sha256";
     pub const SOURCE: &str = "medpatch.source";
+    /// Optional: the patch logit that saturates the overlay's colours (see [`super::ModelMetadata::overlay_logit_range`]).
+    pub const OVERLAY_LOGIT_RANGE: &str = "medpatch.overlay_logit_range";
+}
+
+/// The paper's overlay colour range, in logits: its maps are stored as `(clip(z, ±200) + 200) / 400`
+/// and drawn over 0.5 ± 0.2, i.e. colours saturate at a patch logit of ±80. It suits the published
+/// checkpoint, whose patch logits reach the hundreds; models without a stored range use it.
+pub const PAPER_OVERLAY_LOGIT_RANGE: f32 = 80.0;
+/// The largest range the stored maps can express (they clip logits at ±200).
+pub const MAX_OVERLAY_LOGIT_RANGE: f32 = 200.0;
+
+/// Why an overlay range is not usable, if it is not: positive, finite, at most ±200 logits.
+pub fn check_overlay_logit_range(range: f32) -> Result<f32, String> {
+    if range.is_finite() && range > 0.0 && range <= MAX_OVERLAY_LOGIT_RANGE {
+        Ok(range)
+    } else {
+        Err(format!("expected a patch logit in (0, {MAX_OVERLAY_LOGIT_RANGE}] (the stored maps clip logits at ±200)"))
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -102,6 +120,9 @@ pub struct ModelMetadata {
     pub source_sha256: String,
     /// Free text: where the weights came from.
     pub source: String,
+    /// The patch logit at which the overlay's colours saturate, calibrated for this model (on
+    /// validation patches, when it was exported); `None`: the paper's ±80.
+    pub overlay_logit_range: Option<f32>,
 }
 
 impl ModelMetadata {
@@ -115,7 +136,13 @@ impl ModelMetadata {
             architecture: architecture.to_string(),
             source_sha256: String::new(),
             source: String::new(),
+            overlay_logit_range: None,
         }
+    }
+
+    /// The overlay's colour range for this model, in patch logits: its own, or the paper's.
+    pub fn overlay_logit_range(&self) -> f32 {
+        self.overlay_logit_range.unwrap_or(PAPER_OVERLAY_LOGIT_RANGE)
     }
 
     /// Patches per side of the image (8 for 512 / 64).
@@ -129,7 +156,7 @@ impl ModelMetadata {
 
     pub fn to_props(&self) -> Vec<(String, String)> {
         let grid = self.grid();
-        vec![
+        let mut props = vec![
             (keys::FORMAT_VERSION.into(), self.format_version.to_string()),
             (keys::CLASSES.into(), serde_json::to_string(&self.classes).expect("strings serialise")),
             (keys::PATCH_SIZE.into(), self.patch_size.to_string()),
@@ -139,7 +166,11 @@ impl ModelMetadata {
             (keys::ARCHITECTURE.into(), self.architecture.clone()),
             (keys::SOURCE_SHA256.into(), self.source_sha256.clone()),
             (keys::SOURCE.into(), self.source.clone()),
-        ]
+        ];
+        if let Some(range) = self.overlay_logit_range {
+            props.push((keys::OVERLAY_LOGIT_RANGE.into(), range.to_string()));
+        }
+        props
     }
 
     pub fn from_props<'a>(props: impl IntoIterator<Item = (&'a str, &'a str)>) -> Result<Self, ContractError> {
@@ -195,6 +226,15 @@ impl ModelMetadata {
             architecture: get(keys::ARCHITECTURE)?.to_string(),
             source_sha256: props.get(keys::SOURCE_SHA256).unwrap_or(&"").to_string(),
             source: props.get(keys::SOURCE).unwrap_or(&"").to_string(),
+            overlay_logit_range: match props.get(keys::OVERLAY_LOGIT_RANGE) {
+                None => None,
+                Some(text) => Some(
+                    text.parse::<f32>()
+                        .map_err(|e| e.to_string())
+                        .and_then(check_overlay_logit_range)
+                        .map_err(|problem| invalid(keys::OVERLAY_LOGIT_RANGE, text, problem))?,
+                ),
+            },
         };
         if let Some(grid) = props.get(keys::GRID) {
             let expected = format!("{0}x{0}", metadata.grid());
@@ -218,6 +258,21 @@ mod tests {
         assert!(props.iter().any(|(k, v)| k == keys::GRID && v == "8x8"));
         let back = ModelMetadata::from_props(props.iter().map(|(k, v)| (k.as_str(), v.as_str()))).unwrap();
         assert_eq!(back, m);
+        assert_eq!(back.overlay_logit_range(), PAPER_OVERLAY_LOGIT_RANGE);
+        m.overlay_logit_range = Some(3.25);
+        let props = m.to_props();
+        let back = ModelMetadata::from_props(props.iter().map(|(k, v)| (k.as_str(), v.as_str()))).unwrap();
+        assert_eq!(back.overlay_logit_range(), 3.25);
+    }
+
+    #[test]
+    fn refuses_unusable_overlay_ranges() {
+        for bad in ["0", "-1", "NaN", "inf", "250", "wide"] {
+            let mut props = ModelMetadata::new("x", 64, 512, ModelMetadata::default_classes()).to_props();
+            props.push((keys::OVERLAY_LOGIT_RANGE.into(), bad.into()));
+            let err = ModelMetadata::from_props(props.iter().map(|(k, v)| (k.as_str(), v.as_str()))).unwrap_err();
+            assert!(err.to_string().contains("medpatch.overlay_logit_range"), "{bad}: {err}");
+        }
     }
 
     #[test]

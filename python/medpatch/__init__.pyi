@@ -82,9 +82,18 @@ class Engine:
     def dense_map(self, result: Result, shift_steps: int = 8, kind: MapKind = "raw") -> npt.NDArray[np.float32]:
         """The paper's dense shift-averaged map, (classes, size, size), shift_steps² forward passes."""
     def overlay(
-        self, result: Result, cls: str | int, kind: MapKind = "raw", shift_steps: int | None = None
+        self,
+        result: Result,
+        cls: str | int,
+        kind: MapKind = "raw",
+        shift_steps: int | None = None,
+        logit_range: float | None = None,
     ) -> npt.NDArray[np.uint8]:
-        """(size, size, 4) RGBA colour layer (alpha 128) in the paper's colours; draw over result.image."""
+        """(size, size, 4) RGBA colour layer (alpha 128) in the paper's colours, saturating at a patch
+        logit of ±logit_range (default: overlay_logit_range); draw over result.image."""
+    @property
+    def overlay_logit_range(self) -> float:
+        """The patch logit at which this model's overlays saturate (its calibrated range, else the paper's 80)."""
     @property
     def classes(self) -> list[str]: ...
     @property

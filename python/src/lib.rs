@@ -506,7 +506,9 @@ impl Engine {
     /// The paper's overlay colours for one class, uint8 RGBA (size, size, 4) with alpha 128: red
     /// = evidence for, blue = against, white = neutral. Draw it over `result.image` (e.g.
     /// `plt.imshow(r.image, cmap="gray"); plt.imshow(layer)`). `cls`: a class name or index.
-    #[pyo3(signature = (result, cls, kind="raw", shift_steps=None))]
+    /// Colours saturate at a patch logit of ±`logit_range` (default: the model's own range,
+    /// `Engine.overlay_logit_range`).
+    #[pyo3(signature = (result, cls, kind="raw", shift_steps=None, logit_range=None))]
     fn overlay<'py>(
         &self,
         py: Python<'py>,
@@ -514,15 +516,28 @@ impl Engine {
         cls: &Bound<'_, PyAny>,
         kind: &str,
         shift_steps: Option<usize>,
+        logit_range: Option<f32>,
     ) -> PyResult<Bound<'py, PyAny>> {
+        let logit_range = match logit_range {
+            None => self.engine.model().metadata.overlay_logit_range(),
+            Some(range) => medpatch_models::contract::check_overlay_logit_range(range)
+                .map_err(|problem| PyValueError::new_err(format!("logit_range={range}: {problem}")))?,
+        };
         let index = self.class_index(cls)?;
         let kind = map_kind(kind)?;
         let side = self.engine.model().image_size();
         let map = self.map(py, result, kind, shift_steps)?;
         let plane = &map[index * side * side..(index + 1) * side * side];
-        let rgba = render::overlay_layer_rgba(&explain::normalise(plane), render::PAPER_OVERLAY_RANGE);
+        let rgba = render::overlay_layer_rgba(&explain::normalise(plane), logit_range);
         let array = numpy::PyArray1::from_vec(py, rgba).reshape([side, side, 4])?.into_any();
         Ok(array)
+    }
+
+    /// The patch logit at which this model's overlays saturate (its metadata's calibrated range,
+    /// else the paper's 80).
+    #[getter]
+    fn overlay_logit_range(&self) -> f32 {
+        self.engine.model().metadata.overlay_logit_range()
     }
 
     /// Class names, in model output order.

@@ -41,6 +41,10 @@ pub struct PredictArgs {
     /// costs S² forward passes per image.
     #[arg(long, value_name = "S")]
     shift_steps: Option<usize>,
+    /// Patch logit at which the overlays' colours saturate (default: the model's own range from its
+    /// metadata, else the paper's 80).
+    #[arg(long, value_name = "LOGIT", value_parser = overlay_range)]
+    overlay_range: Option<f32>,
     /// Images per batch (their patches go through the backend together).
     #[arg(long, default_value_t = 4)]
     images_per_batch: usize,
@@ -101,6 +105,7 @@ pub fn run(args: PredictArgs) -> Result<ExitCode> {
     if let Some(dir) = &args.out {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create output folder {}", dir.display()))?;
     }
+    let overlay_logit_range = args.overlay_range.unwrap_or_else(|| model.metadata.overlay_logit_range());
 
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
@@ -128,6 +133,7 @@ pub fn run(args: PredictArgs) -> Result<ExitCode> {
                     map_kind,
                     chosen_classes.as_deref(),
                     args.shift_steps,
+                    overlay_logit_range,
                 )
                 .map_err(|e| format!("cannot write outputs: {e:#}"))?;
                 record["outputs"] = written;
@@ -234,6 +240,11 @@ fn unique_stem(path: &Path, used: &mut HashSet<String>) -> String {
     stem
 }
 
+/// `--overlay-range`: a usable saturation logit.
+pub(crate) fn overlay_range(text: &str) -> Result<f32, String> {
+    text.parse::<f32>().map_err(|e| e.to_string()).and_then(medpatch_models::contract::check_overlay_logit_range)
+}
+
 fn file_safe(class: &str) -> String {
     class.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' }).collect()
 }
@@ -252,6 +263,7 @@ fn write_outputs(
     kind: MapKind,
     chosen: Option<&[usize]>,
     shift_steps: Option<usize>,
+    overlay_logit_range: f32,
 ) -> Result<Value> {
     let model = engine.model();
     let classes = &model.metadata.classes;
@@ -282,7 +294,7 @@ fn write_outputs(
     for i in chosen {
         let normalised = explain::normalise(&map[i * side * side..(i + 1) * side * side]);
         let name = file_safe(&classes[i]);
-        let overlay = render::overlay_rgb(&p.image, &normalised, render::PAPER_OVERLAY_RANGE);
+        let overlay = render::overlay_rgb(&p.image, &normalised, overlay_logit_range);
         put(
             &format!("overlay:{}", classes[i]),
             format!("{stem}.{name}.png"),

@@ -80,6 +80,16 @@ def test_shapes_dtypes_and_read_only_arrays(engine):
     layer = engine.overlay(r, "Cardiomegaly")
     assert layer.shape == (512, 512, 4) and layer.dtype == np.uint8 and (layer[..., 3] == 128).all()
     np.testing.assert_array_equal(layer, engine.overlay(r, 2))
+    # The colours saturate at the model's own range (its metadata), overridable per call.
+    limit = engine.overlay_logit_range
+    assert 0 < limit <= 200
+    t = np.clip(np.clip(sal[2], -200, 200) / limit, -1, 1)
+    expected = np.stack([np.where(t >= 0, 1, 1 + t), 1 - np.abs(t), np.where(t >= 0, 1 - t, 1)], axis=-1)
+    assert np.abs(layer[..., :3].astype(int) - np.round(255 * expected)).max() <= 1
+    wide = engine.overlay(r, 2, logit_range=200.0)
+    assert np.abs(wide[..., :3].astype(int) - np.round(255 * expected)).max() > 1 or limit == 200
+    with pytest.raises(ValueError, match="logit_range"):
+        engine.overlay(r, 2, logit_range=0.0)
 
 
 def test_path_bytes_and_arrays_give_identical_results(engine):

@@ -6,8 +6,10 @@
 //! * [`synth`], [`rle`] — the synthetic chest X-ray benchmark (`medpatch-synth`) and CheXlocalize's
 //!   COCO RLE (`medpatch-eval`); no tch in either.
 //! * [`metrics`] — per-class AUROC (`medpatch-eval`, shared with `medpatch evaluate`).
+//! * [`cam`] — Grad-CAM, Grad-CAM++, Eigen-CAM on the whole-image baseline (pytorch-grad-cam's rules).
 //! * [`trainer`] — the training loop, evaluation and checkpoints.
 
+pub mod cam;
 pub mod data;
 pub mod model;
 pub mod optim;

@@ -1,10 +1,10 @@
 //! `medpatch-train`: make the synthetic benchmark, preprocess CheXpert, train MedicalPatchNet,
-//! evaluate checkpoints, benchmark training throughput.
+//! evaluate checkpoints, explain the whole-image baseline (Grad-CAM family), benchmark training throughput.
 
 mod cli;
 
 use clap::{Parser, Subcommand};
-use cli::{bench, evaluate, preprocess, synth, train};
+use cli::{bench, cam, evaluate, preprocess, synth, train};
 
 #[derive(Parser)]
 #[command(
@@ -27,6 +27,8 @@ enum Command {
     Train(train::TrainArgs),
     /// AUROC per class of a checkpoint on a CSV split.
     Evaluate(evaluate::EvaluateArgs),
+    /// Grad-CAM / Grad-CAM++ / Eigen-CAM maps of a whole-image checkpoint (the paper's baselines).
+    Cam(cam::CamArgs),
     /// Training throughput (forward + backward + AdamW step) on random inputs.
     Bench(bench::BenchArgs),
     /// What libtorch this binary found: version, threads, CUDA, cuDNN.
@@ -40,6 +42,7 @@ fn main() {
         Command::Preprocess(a) => preprocess::preprocess_cmd(a),
         Command::Train(a) => train::train_cmd(a),
         Command::Evaluate(a) => evaluate::evaluate_cmd(a),
+        Command::Cam(a) => cam::cam_cmd(a),
         Command::Bench(a) => bench::bench_cmd(a),
         Command::Doctor => cli::doctor(),
     };

@@ -228,15 +228,28 @@ impl Backbone {
     }
 }
 
-impl ModuleT for Backbone {
-    /// `[N, in, P, P]` patches → `[N, classes]` logits.
-    fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
+impl Backbone {
+    /// torchvision's `features` (stem, blocks, head conv): `[N, in, P, P]` → `[N, head, P/32, P/32]`,
+    /// the activations of `features[-1]`, the layer the seed's Grad-CAM baselines look at.
+    pub fn features_t(&self, x: &Tensor, train: bool) -> Tensor {
         let mut y = self.stem.forward_t(x, train);
         for block in &self.blocks {
             y = block.forward_t(&y, train, self.stochastic_depth);
         }
-        let y = self.head.forward_t(&y, train).adaptive_avg_pool2d([1, 1]).flatten(1, -1);
+        self.head.forward_t(&y, train)
+    }
+
+    /// torchvision's `avgpool` and `classifier` on the features: `[N, head, h, w]` → `[N, classes]`.
+    pub fn classify_t(&self, features: &Tensor, train: bool) -> Tensor {
+        let y = features.adaptive_avg_pool2d([1, 1]).flatten(1, -1);
         y.dropout(self.dropout, train).apply(&self.classifier)
+    }
+}
+
+impl ModuleT for Backbone {
+    /// `[N, in, P, P]` patches → `[N, classes]` logits.
+    fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
+        self.classify_t(&self.features_t(x, train), train)
     }
 }
 

@@ -1,6 +1,7 @@
 //! The subcommands of `medpatch-train`, one file each; shared argument types here.
 
 pub(crate) mod bench;
+pub(crate) mod cam;
 pub(crate) mod evaluate;
 pub(crate) mod preprocess;
 pub(crate) mod synth;
