@@ -4,7 +4,7 @@
 # pytest, cmake, maturin), cbindgen (.cache/tools), the aarch64 cross toolchain and qemu-user (apt,
 # rustup), and the `medpatch` Python package itself (`pip install ./python`). Re-running it is
 # fast: nothing is reinstalled while scripts/requirements-test.txt is unchanged, and pip's cache
-# is reused otherwise.
+# is reused otherwise. `scripts/setup.sh --venv-only` stops after the Python environment.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -36,6 +36,9 @@ if [ -z "$ORT_LIB" ]; then
     exit 1
 fi
 echo "setup: ONNX Runtime library: $ORT_LIB"
+# `--venv-only`: the Python environment alone (what scripts/reproduce_paper.sh needs: libtorch,
+# ONNX Runtime, the report's plotting), without the test suite's cross toolchain and packages.
+[ "${1:-}" = --venv-only ] && exit 0
 
 # The edge build's cross toolchain (scripts/edge-build.sh): Debian's aarch64 linker and C compiler
 # (a few C dependencies, e.g. OpenJPEG), qemu-user to run the result, and Rust's aarch64 target.

@@ -49,3 +49,14 @@ cargo test --workspace --exclude medpatch-python --locked --no-fail-fast
 
 echo "== Python tests (references, and the installed medpatch package)"
 python -m pytest -q tests/python
+
+echo "== The paper's reproduction pipeline, smoke-sized (scripts/reproduce_paper.sh, a few images, one epoch)"
+rm -rf target/test-scratch/reproduction-smoke && mkdir -p target/test-scratch
+SMOKE=1 OUT=target/test-scratch/reproduction MEDPATCH_BIN="$PWD/target/debug/medpatch" \
+    MEDPATCH_TRAIN_BIN="$PWD/target/debug/medpatch-train" scripts/reproduce_paper.sh 2> target/test-scratch/reproduction.log ||
+    { tail -n 40 target/test-scratch/reproduction.log; exit 1; }
+report=target/test-scratch/reproduction-smoke/reproduction.md
+for section in "Table 1: classification" "Table 2: hit rate" "Table 3: mIoU" "roc.png" "saliency.png"; do
+    grep -q "$section" "$report" || { echo "reproduction smoke: '$section' missing from $report"; exit 1; }
+done
+echo "reproduction smoke: $report written"
