@@ -1,7 +1,8 @@
 //! The shipped default model (models/default/): its checkpoint (safetensors, what `medpatch-train`
 //! wrote) in tch and its ONNX export (what the engine embeds) in the engine's backends, ONNX
 //! Runtime and tract, give the same patch logits (≤ 1e-4) on the same preprocessed inputs; and
-//! the checkpoint's metadata matches the ONNX metadata.
+//! the checkpoint's metadata matches the ONNX metadata; the ONNX file was exported from exactly the
+//! shipped weights file (sha256), which the model card names.
 
 use medpatch_engine::backend::{self, BackendOptions, Provider, ProviderChoice};
 use medpatch_engine::{DEFAULT_MODEL_BYTES, Model, ModelOrigin};
@@ -44,6 +45,25 @@ fn shipped_checkpoint_and_onnx_agree() {
     assert_eq!(model.metadata.image_size, meta.image_size);
     assert_eq!(model.metadata.classes, meta.classes);
     assert_eq!(model.metadata.architecture, meta.architecture);
+
+    // Provenance: the embedded ONNX was exported from exactly this weights file, and the model card
+    // describes this file (so the card's numbers cannot silently belong to another model).
+    let weights = medpatch_exporter::weights::load(&default_dir().join(&meta.weights_file)).unwrap();
+    assert_eq!(
+        model.metadata.source_sha256, weights.source_sha256,
+        "models/default/medpatch-default.onnx was not exported from {}: re-export it (see MODEL_CARD.md)",
+        meta.weights_file
+    );
+    let card = std::fs::read_to_string(default_dir().join("MODEL_CARD.md")).unwrap();
+    assert!(
+        card.contains(&meta.weights_file) && card.contains(&weights.source_sha256),
+        "MODEL_CARD.md must name {} and its sha256 {}",
+        meta.weights_file,
+        weights.source_sha256
+    );
+    // The demo model's overlays need its own colour range (its logits are a few units, not hundreds).
+    let range = model.metadata.overlay_logit_range.expect("the default model stores a calibrated overlay range");
+    assert!(card.contains(&format!("±{range}")), "MODEL_CARD.md must state the overlay range ±{range}");
 
     // Two synthetic test-split images (the model's own domain), preprocessed as the engine does.
     let size = meta.image_size;
