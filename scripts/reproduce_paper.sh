@@ -8,6 +8,7 @@
 #   scripts/reproduce_paper.sh                     # the CPU configuration (see docs/reproduction.md)
 #   EPOCHS=8 TRAIN=4000 THREADS=16 scripts/reproduce_paper.sh
 #   SMOKE=1 scripts/reproduce_paper.sh             # a few images, one epoch: checks the pipeline only
+#   TRAINED=runs/gpu scripts/reproduce_paper.sh    # both models from scripts/gpu-train.sh (GPU machine)
 #
 # MEDPATCH_BIN / MEDPATCH_TRAIN_BIN: use these binaries instead of building them (the test suite
 # passes the ones it has just built).
@@ -60,16 +61,23 @@ if [ ! -f "$data/test_labels.csv" ]; then
         --difficulty "$DIFFICULTY" >/dev/null
 fi
 
-# Both models: same architecture, recipe, epochs, seed; only the patch size differs.
+# Both models: same architecture, recipe, epochs, seed; only the patch size differs. With TRAINED=DIR
+# they come from scripts/gpu-train.sh (DIR/{mpn,baseline}.safetensors and .json) instead.
 for model in mpn:64 baseline:512; do
     name=${model%%:*} patch=${model##*:}
-    if [ ! -f "$OUT/$name/epoch-$(printf %03d "$EPOCHS").json" ]; then
-        log "training $name ($ARCH, patch $patch, $EPOCHS epochs, batch $BATCH, lr $LR, $THREADS threads)"
-        "$train" train --train-csv "$data/train_visualCheXbert.csv" --valid-csv "$data/valid.csv" \
-            --out "$OUT/$name" --arch "$ARCH" --patch-size "$patch" --epochs "$EPOCHS" --batch-size "$BATCH" \
-            --lr "$LR" --seed "$SEED" --threads "$THREADS" --workers 1 --no-progress >/dev/null
+    if [ -n "${TRAINED:-}" ]; then
+        weights=$TRAINED/$name.safetensors
+        cp "$TRAINED/$name.json" "$OUT/$name.trained.json"
+    else
+        if [ ! -f "$OUT/$name/epoch-$(printf %03d "$EPOCHS").json" ]; then
+            log "training $name ($ARCH, patch $patch, $EPOCHS epochs, batch $BATCH, lr $LR, $THREADS threads)"
+            "$train" train --train-csv "$data/train_visualCheXbert.csv" --valid-csv "$data/valid.csv" \
+                --out "$OUT/$name" --arch "$ARCH" --patch-size "$patch" --epochs "$EPOCHS" --batch-size "$BATCH" \
+                --lr "$LR" --seed "$SEED" --threads "$THREADS" --workers 1 --no-progress >/dev/null
+        fi
+        weights=$OUT/$name/epoch-$(printf %03d "$EPOCHS").safetensors
     fi
-    weights=$OUT/$name/epoch-$(printf %03d "$EPOCHS").safetensors
+    [ "$name" = baseline ] && baseline_weights=$weights
     calibrate=()
     [ "$name" = mpn ] && calibrate=(--calibrate-overlay "$data/CheXpert-synthetic/valid")
     "$medpatch" export --weights "$weights" --arch "$ARCH" --patch-size "$patch" "${calibrate[@]}" \
@@ -81,7 +89,7 @@ for split in valid:valid.csv test:test_labels.csv; do
     s=${split%%:*} csv=${split##*:}
     if [ ! -d "$OUT/cams/$s/eigencam" ]; then
         log "Grad-CAM, Grad-CAM++, Eigen-CAM maps of the baseline ($s split)"
-        "$train" cam --checkpoint "$OUT/baseline/last.json" --csv "$data/$csv" --out "$OUT/cams/$s" \
+        "$train" cam --weights "$baseline_weights" --arch "$ARCH" --csv "$data/$csv" --out "$OUT/cams/$s" \
             --threads "$THREADS" --workers 1 >&2
     fi
 done

@@ -249,12 +249,18 @@ def saliency_figure(runs: Path, out: Path, overlay_range: float, per_task: int =
 def training_summary(runs: Path) -> list[str]:
     lines = ["| model | epochs | training time | validation mean AUROC per epoch |", "|---|---|---|---|"]
     for name, title in [("mpn", "MedicalPatchNet (patch 64)"), ("baseline", "EfficientNetV2 baseline (patch 512)")]:
-        last = json.loads((runs / name / "last.json").read_text())
-        meta = json.loads((runs / name / last["checkpoint"]).read_text()) if "checkpoint" in last else last
-        history = meta["history"]
+        trained = runs / f"{name}.trained.json"
+        if trained.exists():  # scripts/gpu-train.sh (PyTorch on the GPU)
+            meta = json.loads(trained.read_text())
+            history = meta["history"]
+            aurocs = ", ".join(f3(e.get("valid_mean_auroc")) for e in history)
+            where = f"{meta['device']}, PyTorch {meta['torch']}, bf16 autocast"
+        else:  # medpatch-train on this machine's CPU
+            history = json.loads((runs / name / "last.json").read_text())["history"]
+            aurocs = ", ".join(f3((e.get("validation") or {}).get("mean_auroc")) for e in history)
+            where = "medpatch-train (tch), CPU"
         seconds = sum(e["seconds"] for e in history)
-        aurocs = ", ".join(f3((e.get("validation") or {}).get("mean_auroc")) for e in history)
-        lines.append(f"| {title} | {len(history)} | {seconds / 60:.1f} min | {aurocs} |")
+        lines.append(f"| {title} | {len(history)} | {seconds / 60:.1f} min ({where}) | {aurocs} |")
     return lines
 
 

@@ -5,7 +5,7 @@ use super::{Compute, parent_dir};
 use anyhow::{Context, Result};
 use clap::Args;
 use medpatch_eval::labels::{LOCALIZATION_TASKS, chexlocalize_id, task_class};
-use medpatch_models::CHEXPERT_CLASSES;
+use medpatch_models::{ArchConfig, CHEXPERT_CLASSES};
 use medpatch_train::cam::{self, CamMethod};
 use medpatch_train::data::{Dataset, Loader, LoaderOptions};
 use medpatch_train::trainer::{self, CheckpointMeta};
@@ -16,8 +16,17 @@ use tch::{Device, Tensor};
 #[derive(Args)]
 pub(crate) struct CamArgs {
     /// Checkpoint JSON of a whole-image model (`train --patch-size 512`).
+    #[arg(long, required_unless_present = "weights", conflicts_with = "weights")]
+    checkpoint: Option<PathBuf>,
+    /// Or a weights file with torchvision names (e.g. from scripts/gpu/train_torch.py), with --arch.
+    #[arg(long, requires = "arch")]
+    weights: Option<PathBuf>,
+    /// The architecture of --weights (a built-in name or a JSON config).
     #[arg(long)]
-    checkpoint: PathBuf,
+    arch: Option<String>,
+    /// The image (and patch) size of --weights.
+    #[arg(long, default_value_t = 512)]
+    image_size: u32,
     /// The split's CSV (the images to explain).
     #[arg(long)]
     csv: PathBuf,
@@ -39,14 +48,23 @@ pub(crate) fn cam_cmd(a: CamArgs) -> Result<()> {
     if a.compute.threads > 0 {
         tch::set_num_threads(a.compute.threads);
     }
-    let meta: CheckpointMeta = serde_json::from_str(
-        &std::fs::read_to_string(&a.checkpoint).with_context(|| format!("cannot read {}", a.checkpoint.display()))?,
-    )
-    .with_context(|| format!("{} is not a medpatch-train checkpoint", a.checkpoint.display()))?;
+    let (arch, image_size, patch_size, weights) = match (&a.checkpoint, &a.weights, &a.arch) {
+        (Some(checkpoint), ..) => {
+            let meta: CheckpointMeta = serde_json::from_str(
+                &std::fs::read_to_string(checkpoint).with_context(|| format!("cannot read {}", checkpoint.display()))?,
+            )
+            .with_context(|| format!("{} is not a medpatch-train checkpoint", checkpoint.display()))?;
+            (meta.arch_config, meta.image_size, meta.patch_size, parent_dir(checkpoint).join(&meta.weights_file))
+        }
+        // A bare weights file says nothing about its patch size: it is taken as a whole-image model.
+        (None, Some(weights), Some(arch)) => (ArchConfig::resolve(arch)?, a.image_size, a.image_size as i64, weights.clone()),
+        _ => anyhow::bail!("give --checkpoint, or --weights with --arch"),
+    };
     let device = a.compute.device.resolve()?;
     let mut vs = tch::nn::VarStore::new(Device::Cpu);
-    let net = trainer::build_model(&vs, &meta.arch_config, meta.patch_size);
-    trainer::load_exact(&vs, &parent_dir(&a.checkpoint).join(&meta.weights_file))?;
+    // Whole-image models only (class_activation_maps refuses patch models).
+    let net = trainer::build_model(&vs, &arch, patch_size);
+    trainer::load_exact(&vs, &weights)?;
     vs.set_device(device);
     let methods = if a.methods.is_empty() { CamMethod::ALL.to_vec() } else { a.methods.clone() };
 
@@ -65,7 +83,7 @@ pub(crate) fn cam_cmd(a: CamArgs) -> Result<()> {
     let dataset = Arc::new(Dataset::from_csv(&a.csv, &root)?);
     let options = LoaderOptions {
         batch_size: a.batch_size.max(1),
-        image_size: meta.image_size,
+        image_size,
         augment: false,
         workers: a.compute.workers,
         prefetch: 2 * a.compute.workers.max(1),
