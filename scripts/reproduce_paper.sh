@@ -20,20 +20,21 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 ARCH=${ARCH:-efficientnet_v2_tiny}
-TRAIN=${TRAIN:-2000}
+TRAIN=${TRAIN:-1000}
 VALID=${VALID:-200}
 TEST=${TEST:-300}
-EPOCHS=${EPOCHS:-4}
+EPOCHS=${EPOCHS:-2}
 BATCH=${BATCH:-8}
 LR=${LR:-2e-3}
 SEED=${SEED:-0}
 THREADS=${THREADS:-2}
 DIFFICULTY=${DIFFICULTY:-0.5}
 BOOTSTRAP=${BOOTSTRAP:-10000}
+SHIFT_STEPS=${SHIFT_STEPS:-4}
 OUT=${OUT:-runs/reproduction}
 REPORT=${REPORT:-docs/reproduction.md}
 if [ "${SMOKE:-0}" = 1 ]; then
-    TRAIN=8 VALID=6 TEST=6 EPOCHS=1 BATCH=4 BOOTSTRAP=100
+    TRAIN=8 VALID=6 TEST=6 EPOCHS=1 BATCH=4 BOOTSTRAP=100 SHIFT_STEPS=2
     OUT=${OUT%/}-smoke REPORT=$OUT/reproduction.md
 fi
 
@@ -101,12 +102,22 @@ evaluate() { # NAME MODEL SPLIT_CSV GT [extra evaluate options]
     "$medpatch" evaluate --model "$model" --provider auto --csv "$data/$csv" --gt "$data/$gt" \
         --bootstrap "$BOOTSTRAP" --seed "$SEED" --quiet "$@" 2>&1 | sed 's/^/  /' >&2
 }
-for method in mpn-raw mpn-scaled gradcam gradcampp eigencam; do
+# MedicalPatchNet's maps: the dense shift-averaged map (the paper's; S = SHIFT_STEPS, S² shifted
+# forward passes per image: the paper's S = 64 is 4,096) and the plain 8×8 patch grid.
+dense=(--shift-steps "$SHIFT_STEPS")
+for method in mpn-raw-dense mpn-scaled-dense mpn-raw mpn-scaled gradcam gradcampp eigencam; do
     case $method in
-        mpn-raw) model=$OUT/mpn.onnx valid=(--map raw) test=(--map raw --save-maps "$OUT/eval/test/$method/maps") ;;
-        mpn-scaled) model=$OUT/mpn.onnx valid=(--map scaled) test=(--map scaled --save-maps "$OUT/eval/test/$method/maps") ;;
-        *) model=$OUT/baseline.onnx valid=(--maps-dir "$OUT/cams/valid/$method") test=(--maps-dir "$OUT/cams/test/$method") ;;
+        mpn-raw-dense) model=$OUT/mpn.onnx kind=(--map raw "${dense[@]}") ;;
+        mpn-scaled-dense) model=$OUT/mpn.onnx kind=(--map scaled "${dense[@]}") ;;
+        mpn-raw) model=$OUT/mpn.onnx kind=(--map raw) ;;
+        mpn-scaled) model=$OUT/mpn.onnx kind=(--map scaled) ;;
+        *) model=$OUT/baseline.onnx kind=() ;;
     esac
+    case $method in
+        mpn-*) valid=("${kind[@]}") test=("${kind[@]}" --save-maps "$OUT/eval/test/$method/maps") ;;
+        *) valid=(--maps-dir "$OUT/cams/valid/$method") test=(--maps-dir "$OUT/cams/test/$method") ;;
+    esac
+    [ -f "$OUT/eval/test/$method/report.json" ] && continue
     log "evaluating $method"
     evaluate "$method" "$model" valid.csv gt_segmentations_val.json "${valid[@]}" --out "$OUT/eval/valid/$method" --sheets 0
     evaluate "$method" "$model" test_labels.csv gt_segmentations_test.json "${test[@]}" --out "$OUT/eval/test/$method" \
@@ -116,5 +127,5 @@ done
 log "writing $REPORT"
 elapsed=$(($(date +%s) - started))
 python scripts/reproduction_report.py --runs "$OUT" --out "$REPORT" --seconds "$elapsed" \
-    --config "arch=$ARCH train=$TRAIN valid=$VALID test=$TEST epochs=$EPOCHS batch=$BATCH lr=$LR seed=$SEED threads=$THREADS difficulty=$DIFFICULTY bootstrap=$BOOTSTRAP"
+    --config "arch=$ARCH train=$TRAIN valid=$VALID test=$TEST epochs=$EPOCHS batch=$BATCH lr=$LR seed=$SEED threads=$THREADS difficulty=$DIFFICULTY bootstrap=$BOOTSTRAP shift_steps=$SHIFT_STEPS"
 log "done in ${elapsed} s: $REPORT"

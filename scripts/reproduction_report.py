@@ -23,14 +23,19 @@ from PIL import Image  # noqa: E402
 from pycocotools import mask as coco_mask  # noqa: E402
 from sklearn.metrics import roc_curve  # noqa: E402
 
+# The paper's five columns (its MedicalPatchNet maps are the dense shift-averaged ones), then the plain
+# 8×8 patch-grid maps, which the paper does not report.
 METHODS = [
-    ("mpn-scaled", "MedicalPatchNet (scaled)"),
-    ("mpn-raw", "MedicalPatchNet (raw)"),
+    ("mpn-scaled-dense", "MedicalPatchNet (scaled)"),
+    ("mpn-raw-dense", "MedicalPatchNet (raw)"),
     ("gradcam", "Grad-CAM"),
     ("gradcampp", "Grad-CAM++"),
     ("eigencam", "Eigen-CAM"),
+    ("mpn-scaled", "MedicalPatchNet scaled, 8×8 grid"),
+    ("mpn-raw", "MedicalPatchNet raw, 8×8 grid"),
 ]
-# The paper's Table 2 (hit rate, CheXlocalize test set), per task, in METHODS order.
+PAPER_COLUMNS = 5
+# The paper's Table 2 (hit rate, CheXlocalize test set), per task, in METHODS order (first five).
 PAPER_HIT_RATE = {
     "Atelectasis": [0.490, 0.389, 0.406, 0.367, 0.373],
     "Cardiomegaly": [0.464, 0.269, 0.376, 0.246, 0.217],
@@ -110,14 +115,15 @@ def localization_tables(reports: dict) -> tuple[list[str], list[str]]:
             value = hit_rate(tasks[m][task]) if task in tasks[m] else None
             if value is not None:
                 means[k].append(value)
-            cells.append(f"{f3(value)} ({paper[k]:.3f})")
+            cells.append(f"{f3(value)} ({paper[k]:.3f})" if k < PAPER_COLUMNS else f3(value))
         name = "Lung Opacity (Airspace Opacity)" if task == "Airspace Opacity" else task
         n = tasks["mpn-raw"].get(task, {}).get("hit_cases", 0)
         hits.append(f"| {name} (n = {n}) | " + " | ".join(cells) + " |")
     mean_hits = {m: (float(np.mean(v)) if v else None) for (m, _), v in zip(METHODS, means)}
     hits.append(
         "| **Mean** | "
-        + " | ".join(f"**{f3(np.mean(v) if v else None)}** ({p:.3f})" for v, p in zip(means, PAPER_HIT_RATE_MEAN))
+        + " | ".join(f"**{f3(np.mean(v) if v else None)}**" + (f" ({PAPER_HIT_RATE_MEAN[k]:.3f})" if k < PAPER_COLUMNS else "")
+                     for k, v in enumerate(means))
         + " |"
     )
     miou = ["| included cases | " + " | ".join(title for _, title in METHODS) + " |", rule]
@@ -125,7 +131,8 @@ def localization_tables(reports: dict) -> tuple[list[str], list[str]]:
         cells = []
         for k, (m, _) in enumerate(METHODS):
             values = [t["miou"][key]["miou"] for t in tasks[m].values() if key in t["miou"] and t["miou"][key]["miou"] is not None]
-            cells.append(f"{f3(np.mean(values) if values else None)} ({PAPER_MIOU[key][k]:.3f})")
+            value = f3(np.mean(values) if values else None)
+            cells.append(f"{value} ({PAPER_MIOU[key][k]:.3f})" if k < PAPER_COLUMNS else value)
         miou.append(f"| {label} | " + " | ".join(cells) + " |")
     return hits, miou, mean_hits
 
@@ -139,13 +146,14 @@ def findings(mpn: dict, base: dict, mean_hits: dict) -> list[str]:
             f"- Classification: mean AUROC over the 10 CheXlocalize classes {a:.3f} (MedicalPatchNet) vs {b:.3f} "
             f"(baseline), a difference of {a - b:+.3f} (paper: 0.907 vs 0.908, −0.001)."
         )
-    mpn_best = max((mean_hits[m] for m in ("mpn-raw", "mpn-scaled") if mean_hits[m] is not None), default=None)
-    cams = {title: mean_hits[m] for m, title in METHODS[2:] if mean_hits[m] is not None}
+    mpn_best = max((mean_hits[m] for m in ("mpn-raw-dense", "mpn-scaled-dense") if mean_hits[m] is not None),
+                   default=None)
+    cams = {title: mean_hits[m] for m, title in METHODS[2:PAPER_COLUMNS] if mean_hits[m] is not None}
     if mpn_best is not None and cams:
         best_title, best = max(cams.items(), key=lambda kv: kv[1])
         holds = mpn_best > best
         lines.append(
-            f"- Localization: best MedicalPatchNet mean hit rate {mpn_best:.3f} vs the best post-hoc method, "
+            f"- Localization: best MedicalPatchNet mean hit rate (dense maps) {mpn_best:.3f} vs the best post-hoc method, "
             f"{best_title}, {best:.3f}: the paper's ordering (MedicalPatchNet above Grad-CAM, Grad-CAM++ and "
             f"Eigen-CAM) {'holds' if holds else 'does NOT hold'} on this run."
         )
@@ -218,6 +226,7 @@ def saliency_figure(runs: Path, out: Path, overlay_range: float, per_task: int =
     if not picks:
         return []
     columns = ["X-ray", "MedicalPatchNet raw", "MedicalPatchNet scaled", "Grad-CAM", "Grad-CAM++", "Eigen-CAM"]
+    # MedicalPatchNet columns show its dense maps (the paper's figure does too).
     fig, axes = plt.subplots(len(picks), len(columns), figsize=(2.6 * len(columns), 2.8 * len(picks)), squeeze=False)
     for r, (task, image_id, rel, mask) in enumerate(picks):
         row = axes[r]
@@ -226,7 +235,7 @@ def saliency_figure(runs: Path, out: Path, overlay_range: float, per_task: int =
         for c, (ax, title) in enumerate(zip(row, columns)):
             ax.imshow(xray, cmap="gray", vmin=0, vmax=255)
             if title.startswith("MedicalPatchNet"):
-                method = "mpn-raw" if title.endswith("raw") else "mpn-scaled"
+                method = "mpn-raw-dense" if title.endswith("raw") else "mpn-scaled-dense"
                 stored = np.load(runs / "eval/test" / method / "maps" / f"{image_id}_{task}_map.npy")
                 ax.imshow(np.concatenate([diverging(stored * 400 - 200, overlay_range), np.full(stored.shape + (1,), 0.5)], -1))
             elif title != "X-ray":
@@ -271,10 +280,11 @@ def main() -> None:
     ap.add_argument("--seconds", type=int, default=0)
     ap.add_argument("--config", default="")
     args = ap.parse_args()
+    shift_steps = dict(kv.split("=", 1) for kv in args.config.split() if "=" in kv).get("shift_steps", "?")
     figures = args.out.with_suffix("")
     figures.mkdir(parents=True, exist_ok=True)
     reports = {m: load_report(args.runs, m) for m, _ in METHODS}
-    mpn, base = reports["mpn-raw"], reports["gradcam"]
+    mpn, base = reports["mpn-raw-dense"], reports["gradcam"]
     aurocs = {
         "MedicalPatchNet": {c["class"]: c["auroc"] or float("nan") for c in mpn["classification"]["classes"]},
         "EfficientNetV2 baseline": {c["class"]: c["auroc"] or float("nan") for c in base["classification"]["classes"]},
@@ -321,6 +331,9 @@ def main() -> None:
         "",
         "This run (the paper's value in parentheses). CheXlocalize's bootstrap mean (1,000 replicates) where",
         "`medpatch evaluate` gives it, as the paper reports; n = test images with a non-empty ground-truth mask.",
+        f"MedicalPatchNet (raw/scaled): the dense shift-averaged map with {shift_steps}×{shift_steps} shifts (the",
+        "paper's has 64×64); the 8×8 grid columns are the plain patch logits, constant over each 64×64 patch, whose",
+        "first maximum (what the pointing game takes) is the top-left corner of the strongest patch.",
         "",
         *hits,
         "",

@@ -245,7 +245,8 @@ mod tests {
     #[test]
     fn overlay_range_is_the_rounded_up_99th_percentile() {
         // 1,000 magnitudes 0.01 … 10.0: the 99th percentile is 9.9 (index 989 of 0 … 999).
-        let logits: Vec<f32> = (1..=1000).map(|i| if i % 2 == 0 { i as f32 / 100.0 } else { -(i as f32) / 100.0 }).collect();
+        let logits: Vec<f32> =
+            (1..=1000).map(|i| if i % 2 == 0 { i as f32 / 100.0 } else { -(i as f32) / 100.0 }).collect();
         let range = calibrate_overlay_logit_range(&logits).unwrap();
         assert!((range - 9.9).abs() < 1e-5, "{range}");
         assert!((calibrate_overlay_logit_range(&[0.0123, -f32::NAN]).unwrap() - 0.013).abs() < 1e-7);

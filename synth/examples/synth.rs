@@ -21,6 +21,10 @@ fn main() -> anyhow::Result<()> {
     };
     let started = std::time::Instant::now();
     write_benchmark(&config, &PathBuf::from(&args[0]), number(5)? as usize, &|_, _| {})?;
-    eprintln!("synth: {} images in {:.1} s", config.train + config.valid + config.test, started.elapsed().as_secs_f64());
+    eprintln!(
+        "synth: {} images in {:.1} s",
+        config.train + config.valid + config.test,
+        started.elapsed().as_secs_f64()
+    );
     Ok(())
 }

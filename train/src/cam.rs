@@ -92,7 +92,11 @@ pub fn class_activation_maps(
                     } else {
                         plusplus_weights(&activations, &grads)
                     };
-                    (weights.unsqueeze(-1).unsqueeze(-1) * &activations).sum_dim_intlist(&[1i64][..], false, Kind::Float)
+                    (weights.unsqueeze(-1).unsqueeze(-1) * &activations).sum_dim_intlist(
+                        &[1i64][..],
+                        false,
+                        Kind::Float,
+                    )
                 })
                 .collect()
         }
@@ -100,7 +104,8 @@ pub fn class_activation_maps(
     let maps: Vec<Tensor> = raw
         .iter()
         .map(|cam| {
-            let scaled = min_max(&cam.relu()).unsqueeze(1).upsample_bilinear2d([h, w], false, None, None).squeeze_dim(1);
+            let scaled =
+                min_max(&cam.relu()).unsqueeze(1).upsample_bilinear2d([h, w], false, None, None).squeeze_dim(1);
             min_max(&scaled.relu())
         })
         .collect();

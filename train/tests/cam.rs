@@ -2,10 +2,10 @@
 //! (the pinned `grad-cam` package; tests/python/cam_reference.py) on the same weights and
 //! images: every class's map, after each method's own normalisation, within 1e-4.
 
+use medpatch_models::ArchConfig;
 use medpatch_testkit::{run_python, scratch};
 use medpatch_train::cam::{CamMethod, class_activation_maps};
 use medpatch_train::model::{Backbone, MedicalPatchNet, load_weights};
-use medpatch_models::ArchConfig;
 use std::collections::BTreeMap;
 use tch::{Device, Kind, Tensor, nn};
 

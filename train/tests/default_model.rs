@@ -6,9 +6,10 @@
 
 use medpatch_engine::backend::{self, BackendOptions, Provider, ProviderChoice};
 use medpatch_engine::{DEFAULT_MODEL_BYTES, Model, ModelOrigin};
+use medpatch_models::ArchConfig;
 use medpatch_train::model::MedicalPatchNet;
 use medpatch_train::synth::{self, Split, SynthConfig};
-use medpatch_train::trainer::{self, CheckpointMeta};
+use medpatch_train::trainer;
 use std::path::{Path, PathBuf};
 use tch::nn::{self, ModuleT};
 use tch::{Device, Kind, Tensor};
@@ -31,13 +32,24 @@ fn ort_library() -> Option<PathBuf> {
     })
 }
 
+/// What every training record says of its model, whichever trainer wrote it (medpatch-train's
+/// checkpoint JSON, or scripts/gpu/train_torch.py's record for the GPU-trained default model).
+#[derive(serde::Deserialize)]
+struct TrainingRecord {
+    architecture: String,
+    patch_size: i64,
+    image_size: u32,
+    classes: Vec<String>,
+    weights_file: String,
+}
+
 #[test]
 fn shipped_checkpoint_and_onnx_agree() {
     tch::set_num_threads(1);
-    let meta: CheckpointMeta =
+    let meta: TrainingRecord =
         serde_json::from_str(&std::fs::read_to_string(default_dir().join("medpatch-default.json")).unwrap()).unwrap();
     let vs = nn::VarStore::new(Device::Cpu);
-    let net = trainer::build_model(&vs, &meta.arch_config, meta.patch_size);
+    let net = trainer::build_model(&vs, &ArchConfig::resolve(&meta.architecture).unwrap(), meta.patch_size);
     trainer::load_exact(&vs, &default_dir().join(&meta.weights_file)).unwrap();
 
     let model = Model::from_bytes(DEFAULT_MODEL_BYTES.into(), ModelOrigin::Embedded).unwrap();

@@ -51,13 +51,16 @@ pub(crate) fn cam_cmd(a: CamArgs) -> Result<()> {
     let (arch, image_size, patch_size, weights) = match (&a.checkpoint, &a.weights, &a.arch) {
         (Some(checkpoint), ..) => {
             let meta: CheckpointMeta = serde_json::from_str(
-                &std::fs::read_to_string(checkpoint).with_context(|| format!("cannot read {}", checkpoint.display()))?,
+                &std::fs::read_to_string(checkpoint)
+                    .with_context(|| format!("cannot read {}", checkpoint.display()))?,
             )
             .with_context(|| format!("{} is not a medpatch-train checkpoint", checkpoint.display()))?;
             (meta.arch_config, meta.image_size, meta.patch_size, parent_dir(checkpoint).join(&meta.weights_file))
         }
         // A bare weights file says nothing about its patch size: it is taken as a whole-image model.
-        (None, Some(weights), Some(arch)) => (ArchConfig::resolve(arch)?, a.image_size, a.image_size as i64, weights.clone()),
+        (None, Some(weights), Some(arch)) => {
+            (ArchConfig::resolve(arch)?, a.image_size, a.image_size as i64, weights.clone())
+        }
         _ => anyhow::bail!("give --checkpoint, or --weights with --arch"),
     };
     let device = a.compute.device.resolve()?;
