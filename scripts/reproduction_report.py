@@ -4,6 +4,9 @@ the whole-image baseline) and a saliency figure like the paper's.
 
 Usage: reproduction_report.py --runs runs/reproduction --out docs/reproduction.md [--seconds N] [--config TEXT]
 
+A hand-written discussion of a run, if one sits beside the report as `<report>.discussion.md` (e.g.
+docs/reproduction.discussion.md), is included after the computed findings.
+
 Reads only what the run wrote (`medpatch evaluate`'s report.json / cases.csv per method, the
 saved maps, the training checkpoints' JSON, the synthetic split and its ground truth); computes
 nothing that `medpatch evaluate` scores, except the ROC curves drawn from its per-case scores.
@@ -255,6 +258,11 @@ def saliency_figure(runs: Path, out: Path, overlay_range: float, per_task: int =
     return [f"{task}: {image_id}" for task, image_id, _, _ in picks]
 
 
+def discussion(report: Path) -> list[str]:
+    path = report.with_suffix(".discussion.md")
+    return [path.read_text().rstrip(), ""] if path.exists() else []
+
+
 def training_summary(runs: Path) -> list[str]:
     lines = ["| model | epochs | training time | validation mean AUROC per epoch |", "|---|---|---|---|"]
     for name, title in [("mpn", "MedicalPatchNet (patch 64)"), ("baseline", "EfficientNetV2 baseline (patch 512)")]:
@@ -313,6 +321,7 @@ def main() -> None:
         "",
         *findings(mpn, base, mean_hits),
         "",
+        *discussion(args.out),
         "## Training",
         "",
         *training_summary(args.runs),
