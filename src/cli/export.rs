@@ -90,15 +90,21 @@ fn calibrate_overlay(options: &ExportOptions, inputs: &[PathBuf]) -> Result<f32>
     if let Some((path, problem)) = problems.first() {
         bail!("cannot calibrate the overlay range on {}: {problem}", path.display());
     }
+    if files.is_empty() {
+        bail!("no images to calibrate the overlay range on (looked for .png, .jpg, .jpeg, .dcm, .dicom files)");
+    }
     let name = options.output.file_name().map_or_else(|| "model".into(), |n| n.to_string_lossy().into_owned());
     let scratch = options.output.with_file_name(format!(".{name}.calibrating"));
     let result = (|| -> Result<f32> {
         medpatch_exporter::export(&ExportOptions { output: scratch.clone(), ..options.clone() })?;
         let engine = Engine::builder().model_path(&scratch).build()?;
+        // A few images at a time: only the patch logits are kept, not the decoded images.
         let mut logits = Vec::new();
-        for (path, prediction) in files.iter().zip(engine.predict_paths(&files)) {
-            let prediction = prediction.with_context(|| format!("cannot calibrate on {}", path.display()))?;
-            logits.extend_from_slice(&prediction.patch_logits);
+        for chunk in files.chunks(16) {
+            for (path, prediction) in chunk.iter().zip(engine.predict_paths(chunk)) {
+                let prediction = prediction.with_context(|| format!("cannot calibrate on {}", path.display()))?;
+                logits.extend_from_slice(&prediction.patch_logits);
+            }
         }
         let range = explain::calibrate_overlay_logit_range(&logits)
             .context("the calibration images gave no usable patch logits (all zero or not finite)")?;
