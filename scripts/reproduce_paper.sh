@@ -15,7 +15,8 @@
 #
 # Everything lands under OUT (default runs/reproduction); the report goes to REPORT (default
 # docs/reproduction.md, figures beside it in docs/reproduction/). Re-running reuses finished steps
-# (the data, trained checkpoints, maps); delete OUT to start over.
+# (the data, trained checkpoints, maps); delete OUT to start over. Disk: about 30 MB per test image
+# plus 30 MB per validation image while it is scored (the maps are 1 MB each): ~20 GB for 200 + 300.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -85,9 +86,11 @@ for model in mpn:64 baseline:512; do
         -o "$OUT/$name.onnx" 2>&1 | sed 's/^/  /' >&2
 done
 
-# Post-hoc maps of the baseline, both splits (validation tunes the segmentation thresholds).
+# Post-hoc maps of the baseline, both splits (validation tunes the segmentation thresholds). Disk:
+# 1 MB per map, 10 tasks × 3 methods per image (the validation split's are removed once scored).
 for split in valid:valid.csv test:test_labels.csv; do
     s=${split%%:*} csv=${split##*:}
+    [ "$s" = valid ] && [ -f "$OUT/eval/test/eigencam/report.json" ] && continue
     if [ ! -d "$OUT/cams/$s/eigencam" ]; then
         log "Grad-CAM, Grad-CAM++, Eigen-CAM maps of the baseline ($s split)"
         "$train" cam --weights "$baseline_weights" --arch "$ARCH" --csv "$data/$csv" --out "$OUT/cams/$s" \
@@ -113,8 +116,11 @@ for method in mpn-raw-dense mpn-scaled-dense mpn-raw mpn-scaled gradcam gradcamp
         mpn-scaled) model=$OUT/mpn.onnx kind=(--map scaled) ;;
         *) model=$OUT/baseline.onnx kind=() ;;
     esac
+    # Maps are 1 MB each (512² float32): only the ones the saliency figure shows are kept (the dense
+    # MedicalPatchNet maps and the test-split CAMs); validation CAMs go once scored.
     case $method in
-        mpn-*) valid=("${kind[@]}") test=("${kind[@]}" --save-maps "$OUT/eval/test/$method/maps") ;;
+        mpn-*-dense) valid=("${kind[@]}") test=("${kind[@]}" --save-maps "$OUT/eval/test/$method/maps") ;;
+        mpn-*) valid=("${kind[@]}") test=("${kind[@]}") ;;
         *) valid=(--maps-dir "$OUT/cams/valid/$method") test=(--maps-dir "$OUT/cams/test/$method") ;;
     esac
     [ -f "$OUT/eval/test/$method/report.json" ] && continue
@@ -122,6 +128,7 @@ for method in mpn-raw-dense mpn-scaled-dense mpn-raw mpn-scaled gradcam gradcamp
     evaluate "$method" "$model" valid.csv gt_segmentations_val.json "${valid[@]}" --out "$OUT/eval/valid/$method" --sheets 0
     evaluate "$method" "$model" test_labels.csv gt_segmentations_test.json "${test[@]}" --out "$OUT/eval/test/$method" \
         --thresholds-from "$OUT/eval/valid/$method/thresholds.json" --sheets 0
+    case $method in mpn-*) ;; *) rm -rf "$OUT/cams/valid/$method" ;; esac
 done
 
 log "writing $REPORT"
