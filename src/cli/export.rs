@@ -101,8 +101,9 @@ fn calibrate_overlay(options: &ExportOptions, inputs: &[PathBuf]) -> Result<f32>
         // A few images at a time: only the patch logits are kept, not the decoded images.
         let mut logits = Vec::new();
         for chunk in files.chunks(16) {
-            for (path, prediction) in chunk.iter().zip(engine.predict_paths(chunk)) {
-                let prediction = prediction.with_context(|| format!("cannot calibrate on {}", path.display()))?;
+            // The engine's errors name the file.
+            for prediction in engine.predict_paths(chunk) {
+                let prediction = prediction.context("cannot calibrate the overlay range")?;
                 logits.extend_from_slice(&prediction.patch_logits);
             }
         }

@@ -142,6 +142,19 @@ pub struct CheckpointMeta {
     pub amp: bool,
 }
 
+/// A checkpoint JSON written by [`train`] (`epoch-NNN.json`, `last.json`).
+pub fn read_checkpoint(path: &Path) -> Result<CheckpointMeta> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("{} is not a medpatch-train checkpoint", path.display()))
+}
+
+impl CheckpointMeta {
+    /// The weights file of the checkpoint JSON at `json` (it names it relative to its own folder).
+    pub fn weights_path(&self, json: &Path) -> PathBuf {
+        json.parent().unwrap_or(Path::new(".")).join(&self.weights_file)
+    }
+}
+
 /// Build the model's variables on `device` and seed torch.
 pub fn build_model(vs: &nn::VarStore, arch: &ArchConfig, patch_size: i64) -> MedicalPatchNet {
     let backbone = Backbone::new(&vs.root(), arch, CHEXPERT_CLASSES.len() as i64);
@@ -309,10 +322,7 @@ pub fn train(opts: &TrainOptions, log: &mut dyn FnMut(&str)) -> Result<PathBuf> 
     let mut resume_optimizer: Option<(PathBuf, u64)> = None;
 
     if let Some(resume) = &opts.resume {
-        let meta: CheckpointMeta = serde_json::from_str(
-            &std::fs::read_to_string(resume).with_context(|| format!("cannot read {}", resume.display()))?,
-        )
-        .with_context(|| format!("{} is not a medpatch-train checkpoint", resume.display()))?;
+        let meta = read_checkpoint(resume)?;
         anyhow::ensure!(meta.format == CHECKPOINT_FORMAT, "unsupported checkpoint format {}", meta.format);
         anyhow::ensure!(
             meta.arch_config == arch && meta.patch_size == opts.patch_size,

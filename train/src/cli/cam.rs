@@ -8,7 +8,7 @@ use medpatch_eval::labels::{LOCALIZATION_TASKS, chexlocalize_id, task_class};
 use medpatch_models::{ArchConfig, CHEXPERT_CLASSES};
 use medpatch_train::cam::{self, CamMethod};
 use medpatch_train::data::{Dataset, Loader, LoaderOptions};
-use medpatch_train::trainer::{self, CheckpointMeta};
+use medpatch_train::trainer;
 use std::path::PathBuf;
 use std::sync::Arc;
 use tch::{Device, Tensor};
@@ -50,12 +50,9 @@ pub(crate) fn cam_cmd(a: CamArgs) -> Result<()> {
     }
     let (arch, image_size, patch_size, weights) = match (&a.checkpoint, &a.weights, &a.arch) {
         (Some(checkpoint), ..) => {
-            let meta: CheckpointMeta = serde_json::from_str(
-                &std::fs::read_to_string(checkpoint)
-                    .with_context(|| format!("cannot read {}", checkpoint.display()))?,
-            )
-            .with_context(|| format!("{} is not a medpatch-train checkpoint", checkpoint.display()))?;
-            (meta.arch_config, meta.image_size, meta.patch_size, parent_dir(checkpoint).join(&meta.weights_file))
+            let meta = trainer::read_checkpoint(checkpoint)?;
+            let weights = meta.weights_path(checkpoint);
+            (meta.arch_config, meta.image_size, meta.patch_size, weights)
         }
         // A bare weights file says nothing about its patch size: it is taken as a whole-image model.
         (None, Some(weights), Some(arch)) => {

@@ -1,10 +1,10 @@
 //! `medpatch-train evaluate`: AUROC of a checkpoint on a CSV split.
 
 use super::{Compute, parent_dir};
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::Args;
 use medpatch_train::data::Dataset;
-use medpatch_train::trainer::{self, CheckpointMeta};
+use medpatch_train::trainer;
 use std::path::PathBuf;
 use std::sync::Arc;
 use tch::Device;
@@ -31,13 +31,11 @@ pub(crate) fn evaluate_cmd(a: EvaluateArgs) -> Result<()> {
     if a.compute.threads > 0 {
         tch::set_num_threads(a.compute.threads);
     }
-    let meta: CheckpointMeta = serde_json::from_str(
-        &std::fs::read_to_string(&a.checkpoint).with_context(|| format!("cannot read {}", a.checkpoint.display()))?,
-    )?;
+    let meta = trainer::read_checkpoint(&a.checkpoint)?;
     let device = a.compute.device.resolve()?;
     let mut vs = tch::nn::VarStore::new(Device::Cpu);
     let net = trainer::build_model(&vs, &meta.arch_config, meta.patch_size);
-    trainer::load_exact(&vs, &parent_dir(&a.checkpoint).join(&meta.weights_file))?;
+    trainer::load_exact(&vs, &meta.weights_path(&a.checkpoint))?;
     vs.set_device(device);
     let root = a.data_root.clone().unwrap_or_else(|| parent_dir(&a.csv));
     let dataset = Arc::new(Dataset::from_csv(&a.csv, &root)?);
