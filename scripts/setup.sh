@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Installs everything the full test suite needs, from the package registries only, pinned:
 # the Python reference environment in .venv (torch/torchvision, onnx, onnxruntime, PIL, pydicom,
-# pytest, cmake, maturin), cbindgen (.cache/tools), the aarch64 cross toolchain and qemu-user (apt,
-# rustup), and the `medpatch` Python package itself (`pip install ./python`). Re-running it is
-# fast: nothing is reinstalled while scripts/requirements-test.txt is unchanged, and pip's cache
-# is reused otherwise. `scripts/setup.sh --venv-only` stops after the Python environment.
+# pytest, cmake, maturin), cbindgen and (where missing) cargo-nextest (.cache/tools), the aarch64
+# cross toolchain and qemu-user (apt, rustup), and the `medpatch` Python package itself
+# (`pip install ./python`). Re-running it is fast: nothing is reinstalled while
+# scripts/requirements-test.txt is unchanged, and pip's cache is reused otherwise.
+# `scripts/setup.sh --venv-only` stops after the Python environment.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -66,10 +67,20 @@ if [ "$(.cache/tools/bin/cbindgen --version 2>/dev/null)" != "cbindgen $CBINDGEN
         cargo install --quiet --locked --root .cache/tools cbindgen --version "$CBINDGEN_VERSION"
 fi
 
-# The Python package, exactly as a user installs it (pip install ./python), into .venv, but built
-# with the `quick` profile (see Cargo.toml): maturin resolves the package's features alone, so this
-# is a second compilation of the dependencies, and its speed is not what the tests measure.
+# cargo-nextest runs the Rust tests (scripts/test.sh, .config/nextest.toml). Machines of this
+# project's kind have it; elsewhere it is built once into .cache/tools (a few minutes).
+NEXTEST_VERSION=0.9.143
+if ! cargo nextest --version >/dev/null 2>&1 && ! [ -x .cache/tools/bin/cargo-nextest ]; then
+    echo "setup: installing cargo-nextest $NEXTEST_VERSION into .cache/tools (a few minutes)"
+    env -u RUSTC_WORKSPACE_WRAPPER -u CLIPPY_ARGS \
+        cargo install --quiet --locked --root .cache/tools cargo-nextest --version "$NEXTEST_VERSION"
+fi
+
+# The Python package, exactly as a user installs it (pip install ./python), into .venv, built with
+# the workspace's dev profile (maturin's default is release): python/Cargo.toml gives its
+# dependencies the workspace's features, so what this compiles is what scripts/test.sh's `cargo
+# build --workspace` needs anyway, and whichever of the two runs second reuses it.
 # --no-build-isolation uses the pinned maturin above instead of fetching one.
 echo "setup: pip install ./python (medpatch Python package)"
 PATH="$PWD/$VENV/bin:$PATH" "$VENV/bin/python" -m pip install --quiet --no-build-isolation --no-deps \
-    --config-settings=build-args="--profile quick" ./python
+    --config-settings=build-args="--profile dev" ./python

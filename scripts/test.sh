@@ -38,14 +38,19 @@ MEDPATCH_EDGE_BIN=$(scripts/edge-build.sh --profile quick)
 export MEDPATCH_EDGE_BIN
 
 echo "== Rust tests (workspace, train included; the C API's examples are built and run by ffi/tests/packaging.rs)"
-# medpatch-python is a Python extension module: scripts/setup.sh builds and installs it with
-# `pip install ./python`, and pytest tests that install below.
+# Every cargo command below selects the whole workspace, so cargo resolves the dependencies' features
+# once and compiles each dependency once: scripts/setup.sh's `pip install ./python` (dev profile)
+# already compiled those the Python package uses, with the same features (tests/python_build.rs).
 # The libraries and binaries themselves first: a test build does not put them in target/debug, and
 # ffi/tests/packaging.rs stages target/debug/libmedpatch.so. Then the benches, compiled (and so
-# linted) but not run: they are measurements, not tests. Same packages, so the same dependencies.
-cargo build --workspace --exclude medpatch-python --locked
-cargo test --workspace --exclude medpatch-python --locked --benches --no-run
-cargo test --workspace --exclude medpatch-python --locked --no-fail-fast
+# linted) but not run: they are measurements, not tests. medpatch-python has no Rust tests (an
+# extension module cannot link a test harness): pytest tests its installed package below.
+cargo build --workspace --locked
+cargo test --workspace --locked --benches --no-run
+# cargo-nextest (scripts/setup.sh) runs the tests, binaries side by side; it does not run doctests,
+# so `cargo test --doc` does.
+PATH="$PWD/.cache/tools/bin:$PATH" cargo nextest run --workspace --locked --no-fail-fast
+cargo test --workspace --locked --doc
 
 echo "== Python tests (references, and the installed medpatch package)"
 python -m pytest -q tests/python

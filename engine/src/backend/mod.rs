@@ -12,7 +12,7 @@ mod onnxruntime;
 #[cfg(feature = "openvino")]
 mod openvino;
 pub mod precision;
-mod tract;
+pub mod tract;
 
 use crate::EngineError;
 use crate::model::Model;

@@ -1,3 +1,4 @@
+//! tract, the pure-Rust runtime: data-parallel, channels-last plans (see [`ConvLayout`]).
 use super::{Backend, BackendOptions, Provider};
 use super::{BackendError, guard, run_in_parts};
 use crate::model::Model;
@@ -9,14 +10,14 @@ type Plan = Arc<TypedSimplePlan>;
 
 /// tract optimises far better with every dimension known (measured: EfficientNetV2-S with a
 /// symbolic batch ran ~7× slower), so a plan is made per batch size actually used (usually one
-/// or two per run: the full batch and the last, shorter one).
+/// or two per run: the full batch and the last, shorter one). Plans run channels-last (see
+/// [`ConvLayout`]).
 ///
 /// tract runs a graph's nodes one after the other, and its own multithreaded matrix products
 /// barely use a second core (see the README's speed figures), so threads are used data-parallel
-/// instead: each batch
-/// is split into one contiguous part per thread, and every part runs the same (immutable, shared)
-/// plan single-threaded on its own thread.
-pub struct TractBackend {
+/// instead: each batch is split into one contiguous part per thread, and every part runs the same
+/// (immutable, shared) plan single-threaded on its own thread.
+pub(crate) struct TractBackend {
     model: InferenceModel,
     plans: Mutex<HashMap<usize, Plan>>,
     patch_shape: [usize; 3],
@@ -25,7 +26,7 @@ pub struct TractBackend {
 }
 
 impl TractBackend {
-    pub fn new(model: &Model, options: &BackendOptions) -> Result<Self, String> {
+    pub(crate) fn new(model: &Model, options: &BackendOptions) -> Result<Self, String> {
         let p = model.patch_size();
         let onnx = guard(
             || tract_onnx::onnx().model_for_read(&mut &model.bytes[..]).map_err(|e| format!("{e:#}")),
@@ -57,10 +58,7 @@ impl TractBackend {
         }
         let [c, h, w] = self.patch_shape;
         let optimise = || {
-            self.model
-                .clone()
-                .with_input_fact(0, f32::fact([n, c, h, w]).into())
-                .and_then(|m| m.into_optimized())
+            optimise(&self.model, [n, c, h, w], ConvLayout::ChannelsLast)
                 .and_then(|m| m.into_runnable())
                 .map_err(|e| format!("{e:#}"))
         };
@@ -69,6 +67,37 @@ impl TractBackend {
         plans.insert(n, plan.clone());
         Ok(plan)
     }
+}
+
+/// The data layout tract runs convolutions in. ONNX convolutions are channels-first (NCHW), and
+/// tract keeps them so unless told otherwise; channels-last (tract's `conv_nhwc` transform: the
+/// moves it inserts between layers mostly cancel when the graph is decluttered) runs the S model
+/// 2.6× faster here (measured with `cargo bench -p medpatch-engine --bench tract_tuning`, table in
+/// the README; per operator with `cargo run --example tract_profile`). Channels-first, tract's
+/// depthwise kernel walks every (patch, channel) plane on its own, nearly all overhead on
+/// EfficientNetV2's 4×4 and 2×2 late-stage planes (a third of the time), and each 1×1
+/// convolution is a matrix product only one plane wide; channels-last, the depthwise kernel runs
+/// along contiguous channels and a 1×1 convolution is one product over every pixel of the batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConvLayout {
+    /// The ONNX graph's own layout (NCHW), as tract runs it by default.
+    ChannelsFirst,
+    /// Every convolution channels-last (NHWC); what medpatch runs.
+    ChannelsLast,
+}
+
+/// `model` typed, decluttered and optimised for one fixed input shape, in `layout`. Public for the
+/// benchmarks that compare layouts; the backend always uses [`ConvLayout::ChannelsLast`].
+pub fn optimise(model: &InferenceModel, input_shape: [usize; 4], layout: ConvLayout) -> TractResult<TypedModel> {
+    let mut typed =
+        model.clone().with_input_fact(0, f32::fact(input_shape).into())?.into_typed()?.into_decluttered()?;
+    if layout == ConvLayout::ChannelsLast {
+        let Some(nhwc) = tract_onnx::tract_core::transform::get_transform("conv_nhwc")? else {
+            return Err(TractError::msg("this tract has no conv_nhwc transform"));
+        };
+        nhwc.transform(&mut typed)?;
+    }
+    typed.into_optimized()
 }
 
 impl Backend for TractBackend {
