@@ -11,7 +11,7 @@
 //! Every configuration runs once per round, rounds interleave them (a noisy 2-core machine drifts),
 //! and the table shows each one's median over the rounds, in ms per image.
 
-use medpatch_engine::backend::tract::{ConvLayout, optimise};
+use medpatch_engine::backend::tract::{ConvLayout, PATCHES_PER_RUN, optimise};
 use medpatch_exporter::{ExportOptions, WeightsSource, export};
 use medpatch_models::Rng;
 use std::time::Instant;
@@ -25,7 +25,7 @@ const THREADS: usize = 2;
 struct Config {
     name: &'static str,
     layout: ConvLayout,
-    /// Patches per plan run.
+    /// Patches per plan run (each thread runs its share in runs of this many).
     per_plan: usize,
     /// Threads, each running its own share of the patches with the (single-threaded) plan.
     parts: usize,
@@ -34,9 +34,9 @@ struct Config {
 }
 
 const BASE: Config = Config {
-    name: "shipped: channels-last, 2 threads × 32 patches per plan, data-parallel",
+    name: "shipped: channels-last, 2 threads, runs of 16 patches, data-parallel",
     layout: ConvLayout::ChannelsLast,
-    per_plan: 32,
+    per_plan: PATCHES_PER_RUN,
     parts: THREADS,
     knobs: &[],
 };
@@ -45,15 +45,16 @@ fn configs() -> Vec<Config> {
     vec![
         BASE,
         Config { name: "channels-first (the ONNX layout, tract's default)", layout: ConvLayout::ChannelsFirst, ..BASE },
-        Config { name: "16 patches per plan (2 runs per thread per image)", per_plan: 16, ..BASE },
-        Config { name: "64 patches per plan (each thread a whole image)", per_plan: 64, ..BASE },
+        Config { name: "runs of 8 patches", per_plan: 8, ..BASE },
+        Config { name: "runs of 32 patches (a thread's half of an image)", per_plan: 32, ..BASE },
+        Config { name: "runs of 64 patches (each thread a whole image)", per_plan: 64, ..BASE },
         Config { name: "knob TRACT_ENABLE_BLOCKED_CONV", knobs: &[("TRACT_ENABLE_BLOCKED_CONV", "true")], ..BASE },
         Config {
             name: "knob TRACT_DISABLE_DIRECT_SPATIAL",
             knobs: &[("TRACT_DISABLE_DIRECT_SPATIAL", "true")],
             ..BASE
         },
-        Config { name: "1 thread × 32 patches per plan (scaling reference)", parts: 1, ..BASE },
+        Config { name: "1 thread (scaling reference)", parts: 1, ..BASE },
     ]
 }
 
