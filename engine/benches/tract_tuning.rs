@@ -14,6 +14,7 @@
 use medpatch_engine::backend::tract::{ConvLayout, PATCHES_PER_RUN, optimise};
 use medpatch_exporter::{ExportOptions, WeightsSource, export};
 use medpatch_models::Rng;
+use medpatch_testkit::{cpu_summary, median};
 use std::time::Instant;
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::knobs::KnobScope;
@@ -84,29 +85,6 @@ fn measure(plan: &Arc<TypedSimplePlan>, c: &Config, patches: &[f32]) -> f64 {
     started.elapsed().as_secs_f64() / images as f64
 }
 
-fn cpu() -> String {
-    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let field = |name: &str| {
-        info.lines().find(|l| l.starts_with(name)).and_then(|l| l.split(':').nth(1)).unwrap_or("?").trim().to_string()
-    };
-    let flags = field("flags");
-    let simd: Vec<&str> = flags
-        .split_whitespace()
-        .filter(|f| ["avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16"].contains(f))
-        .collect();
-    format!(
-        "{}, {} logical CPUs, {}",
-        field("model name"),
-        std::thread::available_parallelism().map_or(0, |n| n.get()),
-        simd.join(" ")
-    )
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
 fn main() {
     let rounds: usize = std::env::args().skip(1).find_map(|a| a.parse().ok()).unwrap_or(5);
     let dir = tempfile::tempdir().unwrap();
@@ -128,7 +106,7 @@ fn main() {
             t.push(measure(p, c, &patches));
         }
     }
-    println!("tract {}\nCPU: {}\n{rounds} rounds, 2 images per measurement, medians\n", tract_version(), cpu());
+    println!("tract {}\nCPU: {}\n{rounds} rounds, 2 images per measurement, medians\n", tract_version(), cpu_summary());
     println!("| configuration | ms / image | vs shipped |\n|---|---|---|");
     let base = median(times[0].clone());
     for (c, t) in configs.iter().zip(times) {

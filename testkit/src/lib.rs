@@ -1,6 +1,7 @@
-//! Shared helpers for the workspace's integration tests: where the workspace, the real X-rays,
-//! the Python reference environment and ONNX Runtime are, reading the references' `.npy` files,
-//! and reference checkpoints made by PyTorch/torchvision.
+//! Shared helpers for the workspace's integration tests and benchmarks: where the workspace, the
+//! real X-rays, the Python reference environment and ONNX Runtime are, reading the references'
+//! `.npy` files, reference checkpoints made by PyTorch/torchvision, and the CPU a table was
+//! measured on.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -161,4 +162,30 @@ pub fn cpu_has_bf16() -> bool {
     let info = std::fs::read_to_string("/proc/cpuinfo").expect("the bf16 tests read /proc/cpuinfo (Linux)");
     let flags = info.lines().find(|l| l.starts_with("flags")).unwrap_or_default();
     flags.split_whitespace().any(|f| f == "avx512_bf16" || f == "amx_bf16")
+}
+
+/// The CPU a benchmark ran on, for its table: model name, logical CPUs, and the SIMD flags that
+/// decide which kernels the runtimes pick.
+pub fn cpu_summary() -> String {
+    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let field = |name: &str| {
+        info.lines().find(|l| l.starts_with(name)).and_then(|l| l.split(':').nth(1)).unwrap_or("?").trim().to_string()
+    };
+    let flags = field("flags");
+    let simd: Vec<&str> = flags
+        .split_whitespace()
+        .filter(|f| ["avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16"].contains(f))
+        .collect();
+    format!(
+        "{}, {} logical CPUs, {}",
+        field("model name"),
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        simd.join(" ")
+    )
+}
+
+/// The median of a benchmark's measurements (the upper middle one of an even count).
+pub fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
 }

@@ -78,8 +78,8 @@ pub const PATCHES_PER_RUN: usize = 16;
 /// The data layout tract runs convolutions in. ONNX convolutions are channels-first (NCHW), and
 /// tract keeps them so unless told otherwise; channels-last (tract's `conv_nhwc` transform: the
 /// moves it inserts between layers mostly cancel when the graph is decluttered) runs the S model
-/// 2.6× faster here (measured with `cargo bench -p medpatch-engine --bench tract_tuning`, table in
-/// the README; per operator with `cargo run --example tract_profile`). Channels-first, tract's
+/// 1.7–1.8× faster on 2 AVX2 cores (`cargo bench -p medpatch-engine --bench tract_tuning`, table
+/// in the README; per operator: `cargo run --example tract_profile`). Channels-first, tract's
 /// depthwise kernel walks every (patch, channel) plane on its own, nearly all overhead on
 /// EfficientNetV2's 4×4 and 2×2 late-stage planes (a third of the time), and each 1×1
 /// convolution is a matrix product only one plane wide; channels-last, the depthwise kernel runs
