@@ -13,10 +13,11 @@ type Plan = Arc<TypedSimplePlan>;
 /// or two per run: [`PATCHES_PER_RUN`] and a last, shorter one). Plans run channels-last (see
 /// [`ConvLayout`]).
 ///
-/// tract runs a graph's nodes one after the other, and its own multithreaded matrix products
-/// barely use a second core (see the README's speed figures), so threads are used data-parallel
-/// instead: each batch is split into one contiguous part per thread, and every part runs the same
-/// (immutable, shared) plan single-threaded on its own thread.
+/// tract runs a graph's nodes one after the other, and its multithreaded kernels sit behind a
+/// tract-linalg feature (`multithread-mm`) medpatch does not enable, so threads are used
+/// data-parallel instead (1.7–1.9× on 2 cores, README): each batch is split into one contiguous
+/// part per thread, and every part runs the same (immutable, shared) plan single-threaded on its
+/// own thread.
 pub(crate) struct TractBackend {
     model: InferenceModel,
     plans: Mutex<HashMap<usize, Plan>>,
@@ -72,7 +73,7 @@ impl TractBackend {
 /// Patches per plan run: each thread runs its share of a batch in runs of at most this many.
 /// Smaller runs keep the activations of the early, large layers closer to the cache: 16 measured
 /// 1.04–1.05× faster than 32 (a thread's half of an image) and 64 no faster than 32
-/// (`cargo bench -p medpatch-engine --bench tract_tuning`, two runs).
+/// (`cargo bench -p medpatch-engine --bench tract_tuning`, three runs).
 pub const PATCHES_PER_RUN: usize = 16;
 
 /// The data layout tract runs convolutions in. ONNX convolutions are channels-first (NCHW), and
