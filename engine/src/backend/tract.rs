@@ -45,8 +45,9 @@ impl TractBackend {
             classes: model.num_classes(),
             threads,
         };
-        // Fail now, not at the first image, if tract cannot run this graph.
-        backend.plan(1)?;
+        // Fail now, not at the first image, if tract cannot run this graph; the run size is the plan
+        // every full batch uses.
+        backend.plan(PATCHES_PER_RUN)?;
         Ok(backend)
     }
 
