@@ -110,13 +110,18 @@ fn precision_on_the_command_line() {
     // The TensorRT-only flag is gone: precision is one option for every provider.
     let (out, _) = run(&mut bare_medpatch(), &["predict", "--trt-fp16", XRAY]);
     assert_eq!(out.status.code(), Some(2));
-    // An explicit provider that cannot run the precision: an error naming why.
-    let (out, stderr) = run(&mut bare_medpatch(), &["predict", "--provider", "tract", "--precision", "fp16", XRAY]);
+    // An explicit provider that cannot run the precision: an error naming why. ONNX Runtime's CPU
+    // provider runs f32 only; tract runs fp16 only on ARM CPUs with FP16 (this test runs on x86;
+    // tests/edge_build.rs runs tract's fp16 under qemu-aarch64).
+    let (out, stderr) = run(&mut bare_medpatch(), &["predict", "--provider", "cpu", "--precision", "bf16", XRAY]);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(
-        stderr.contains("provider tract is not available: tract (pure Rust) runs f32 only, not fp16; fp16 needs ONNX Runtime TensorRT execution provider"),
+        stderr.contains("provider cpu is not available: ONNX Runtime CPU execution provider runs f32 only, not bf16; bf16 needs OpenVINO CPU"),
         "{stderr}"
     );
+    let (out, stderr) = run(&mut bare_medpatch(), &["predict", "--provider", "tract", "--precision", "fp16", XRAY]);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("provider tract is not available: tract runs fp16 only on ARM CPUs"), "{stderr}");
     // bf16 under auto, as a user runs it: OpenVINO where the CPU has bf16, else an error naming why.
     let venv = repo_root().join(".venv");
     let ort = ort_library();

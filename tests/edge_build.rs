@@ -30,10 +30,19 @@ fn under_qemu(binary: &Path, args: &[&str]) -> Output {
         .expect("qemu-aarch64 runs (Debian qemu-user, installed by scripts/setup.sh)")
 }
 
-fn logits(out: &Output) -> Vec<f64> {
+/// The x86 build's `medpatch`, in the repository root.
+fn x86(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_medpatch")).args(args).current_dir(env!("CARGO_MANIFEST_DIR")).output().unwrap()
+}
+
+/// The JSON record of a successful `predict`.
+fn record(out: &Output) -> Value {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let record: Value = serde_json::from_slice(&out.stdout).expect("one JSON record");
-    record["logits"].as_object().expect("logits").values().map(|v| v.as_f64().unwrap()).collect()
+    serde_json::from_slice(&out.stdout).expect("one JSON record")
+}
+
+fn logits(out: &Output) -> Vec<f64> {
+    record(out)["logits"].as_object().expect("logits").values().map(|v| v.as_f64().unwrap()).collect()
 }
 
 #[test]
@@ -53,12 +62,7 @@ fn the_aarch64_tract_build_equals_the_x86_build_on_the_bundled_xray() {
 
     let args = ["predict", "--provider", "tract", "--threads", "2", XRAY];
     let edge_logits = logits(&under_qemu(&edge, &args));
-    let x86 = Command::new(env!("CARGO_BIN_EXE_medpatch"))
-        .args(args)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .unwrap();
-    let x86_logits = logits(&x86);
+    let x86_logits = logits(&x86(&args));
     assert_eq!(edge_logits.len(), 14);
     let worst = edge_logits.iter().zip(&x86_logits).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
     eprintln!("aarch64 (qemu) vs x86, tract, 14 image logits: max |Δ| {worst:.2e}");
@@ -73,4 +77,43 @@ fn the_aarch64_tract_build_equals_the_x86_build_on_the_bundled_xray() {
     let stderr = String::from_utf8_lossy(&cpu.stderr);
     assert_eq!(cpu.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("not compiled into this build (the edge build: tract only)"), "{stderr}");
+}
+
+/// tract's fp16 on ARM, with its native arm64 fp16 kernels: scripts/test.sh builds the edge binary
+/// for an FP16 CPU (`scripts/edge-build.sh --fp16-cpu`), because qemu-user shows the x86 host's
+/// /proc/cpuinfo, where tract looks for FP16, while the CPU qemu emulates has it.
+/// On a model whose logits stay within the self-check's bound at fp16 (random weights: logits
+/// near 0), `--precision fp16` passes the self-check against tract's f32 and gives the x86 build's
+/// f32 logits within that bound. On the bundled demo model (patch logits up to ±170, so fp16's
+/// error of ~1.6% of that scale moves the logits near 0 too far) the self-check refuses fp16.
+#[test]
+fn tract_runs_fp16_on_arm_after_the_self_check_and_refuses_it_where_the_check_fails() {
+    let Some(edge) = edge_binary() else { return };
+    let dir = medpatch_testkit::scratch("edge-fp16");
+    let model = dir.join("tiny-random.onnx");
+    let model = model.to_str().unwrap();
+    let export = x86(&["export", "--random-init", "--arch", "efficientnet_v2_tiny", "--output", model]);
+    assert!(export.status.success(), "{}", String::from_utf8_lossy(&export.stderr));
+
+    let half = under_qemu(&edge, &["predict", "--model", model, "--provider", "tract", "--precision", "fp16", XRAY]);
+    let stderr = String::from_utf8_lossy(&half.stderr);
+    assert!(half.status.success(), "{stderr}\n(was MEDPATCH_EDGE_BIN built by scripts/edge-build.sh --fp16-cpu?)");
+    assert!(stderr.contains("precision fp16"), "{stderr}");
+    assert!(stderr.contains("fp16 self-check on 64 fixed patches against tract f32"), "{stderr}");
+    assert_eq!(record(&half)["precision"], "fp16");
+    let half = logits(&half);
+    let exact = logits(&x86(&["predict", "--model", model, "--provider", "tract", XRAY]));
+    let bound = medpatch_engine::backend::REDUCED_PRECISION_BOUND;
+    let mut worst = 0f64;
+    for (h, e) in half.iter().zip(&exact) {
+        worst = worst.max((h - e).abs());
+        assert!((h - e).abs() <= f64::from(bound.allowed(*e as f32)), "fp16 {h} vs f32 {e}");
+    }
+    eprintln!("aarch64 fp16 (qemu) vs x86 f32, random tiny model, 14 image logits: max |Δ| {worst:.2e}");
+
+    let refused = under_qemu(&edge, &["predict", "--provider", "tract", "--precision", "fp16", XRAY]);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("fp16 results are too far from f32 on the self-check patches"), "{stderr}");
+    assert!(stderr.contains("Use --precision f32"), "{stderr}");
 }

@@ -11,6 +11,7 @@
 //! Every configuration runs once per round, rounds interleave them (a noisy 2-core machine drifts),
 //! and the table shows each one's median over the rounds, in ms per image.
 
+use medpatch_engine::Precision;
 use medpatch_engine::backend::tract::{ConvLayout, PATCHES_PER_RUN, optimise};
 use medpatch_exporter::{ExportOptions, WeightsSource, export};
 use medpatch_models::Rng;
@@ -61,7 +62,7 @@ fn configs() -> Vec<Config> {
 
 fn plan(model: &InferenceModel, c: &Config) -> TractResult<Arc<TypedSimplePlan>> {
     let shape = [c.per_plan, 1, PATCH, PATCH];
-    KnobScope::new(c.knobs.iter().copied())?.enter(|| optimise(model, shape, c.layout)?.into_runnable())
+    KnobScope::new(c.knobs.iter().copied())?.enter(|| optimise(model, shape, c.layout, Precision::F32)?.into_runnable())
 }
 
 fn run(plan: &Arc<TypedSimplePlan>, patches: &[f32], per_plan: usize) {

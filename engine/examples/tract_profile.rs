@@ -7,8 +7,10 @@
 //! BATCH patches per run (default 32: one thread's half of an image), RUNS timed runs after one
 //! warm-up (default 3). Prints the operator kinds by total time, then the 15 slowest nodes (of
 //! kind OPERATOR, e.g. MoveAxis, if given). The plan is the engine's (channels-last);
-//! `LAYOUT=channels-first` profiles the ONNX graph's own layout instead.
-use medpatch_engine::backend::tract::{ConvLayout, optimise};
+//! `LAYOUT=channels-first` profiles the ONNX graph's own layout instead; `PRECISION=fp16` the fp16
+//! plan (tract's native fp16 kernels on ARM CPUs with FP16; emulated, and so slow, elsewhere).
+use medpatch_engine::Precision;
+use medpatch_engine::backend::tract::{ConvLayout, input, optimise};
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 use tract_onnx::prelude::*;
@@ -30,21 +32,23 @@ fn main() -> TractResult<()> {
         _ => ConvLayout::ChannelsLast,
     };
 
+    let precision: Precision =
+        std::env::var("PRECISION").as_deref().unwrap_or("f32").parse().map_err(TractError::msg)?;
+
+    let shape = [batch, channels, patch, patch];
     let started = Instant::now();
     let onnx = tract_onnx::onnx().model_for_read(&mut &model.bytes[..])?;
-    let plan = optimise(&onnx, [batch, channels, patch, patch], layout)?.into_runnable()?;
-    eprintln!("optimised ({layout:?}) for batch {batch} in {:.1} s", started.elapsed().as_secs_f64());
+    let plan = optimise(&onnx, shape, layout, precision)?.into_runnable()?;
+    eprintln!("optimised ({layout:?}, {precision}) for batch {batch} in {:.1} s", started.elapsed().as_secs_f64());
 
-    let input: Tensor = tract_ndarray::Array4::from_shape_fn((batch, channels, patch, patch), |(b, c, y, x)| {
-        ((b * 7 + c * 13 + y * 3 + x) % 255) as f32 / 127.0 - 1.0
-    })
-    .into();
+    let patches: Vec<f32> = (0..shape.iter().product()).map(|i: usize| (i % 255) as f32 / 127.0 - 1.0).collect();
+    let input = input(&patches, shape, precision)?;
     let mut per_node: HashMap<usize, (String, String, Duration)> = HashMap::new();
     let mut wall = Vec::new();
     for run in 0..=runs {
         let mut state = tract_onnx::tract_core::plan::SimpleState::new(&plan)?;
         let started = Instant::now();
-        state.run_plan_with_eval(tvec!(input.clone().into_tvalue()), |ctx, op_state, node, inputs| {
+        state.run_plan_with_eval(tvec!(input.clone()), |ctx, op_state, node, inputs| {
             let t = Instant::now();
             let out = tract_onnx::tract_core::plan::eval(ctx, op_state, node, inputs);
             if run > 0 {

@@ -425,9 +425,9 @@ enum medpatch_status medpatch_options_set_ort_library(struct medpatch_options *o
 
 /**
  * The arithmetic precision: `"f32"` (the default: exact, every provider), `"bf16"` (OpenVINO on
- * CPUs with AVX512-BF16 or AMX) or `"fp16"` (TensorRT). A reduced precision is checked against
- * f32 when the engine is created; with provider `"auto"`, providers that cannot run it are
- * skipped.
+ * CPUs with AVX512-BF16 or AMX) or `"fp16"` (TensorRT; tract on ARM CPUs with FP16). A reduced
+ * precision is checked against f32 when the engine is created; with provider `"auto"`, providers
+ * that cannot run it are skipped.
  *
  * # Safety
  * `options` and `precision` must be NULL or valid.

@@ -366,7 +366,7 @@ impl Engine {
     /// model), a path to an ONNX file written by `medpatch export`, or its bytes.
     /// provider: "auto" (TensorRT → CUDA → ONNX Runtime CPU → OpenVINO → tract), "tensorrt",
     /// "cuda", "cpu", "openvino" or "tract". precision: "f32", "bf16" (OpenVINO on CPUs with
-    /// BF16) or "fp16" (TensorRT), checked against f32 at start. threads: intra-op threads (0: all
+    /// BF16) or "fp16" (TensorRT; tract on ARM CPUs with FP16), checked against f32 at start. threads: intra-op threads (0: all
     /// cores). batch_size: patches per backend call. ort_library / openvino_library: the shared
     /// library to load (default: ORT_DYLIB_PATH / OPENVINO_LIB_PATH, beside the executable, or the
     /// onnxruntime / openvino wheel of this Python environment).

@@ -33,7 +33,8 @@ pub struct EngineArgs {
     #[arg(long, default_value = "auto", value_parser = ProviderChoice::from_str)]
     pub provider: ProviderChoice,
     /// f32 (exact, every provider), bf16 (OpenVINO on CPUs with AVX512-BF16 or AMX) or fp16
-    /// (TensorRT). bf16 and fp16 are checked against f32 when the engine starts.
+    /// (TensorRT; tract on ARM CPUs with FP16). bf16 and fp16 are checked against f32 when the
+    /// engine starts.
     #[arg(long, default_value = "f32", value_parser = Precision::from_str)]
     pub precision: Precision,
     /// Intra-op threads (0: all cores).

@@ -48,12 +48,13 @@ impl Provider {
         [Provider::TensorRt, Provider::Cuda, Provider::Cpu, Provider::OpenVino, Provider::Tract];
 
     /// The precisions this provider can be asked for (the hardware may still refuse: OpenVINO
-    /// runs bf16 only where the CPU reports BF16).
+    /// runs bf16 only where the CPU reports BF16, tract fp16 only on ARM CPUs with FP16).
     pub fn precisions(self) -> &'static [Precision] {
         match self {
             Provider::TensorRt => &[Precision::F32, Precision::Fp16],
             Provider::OpenVino => &[Precision::F32, Precision::Bf16],
-            Provider::Cuda | Provider::Cpu | Provider::Tract => &[Precision::F32],
+            Provider::Tract => &[Precision::F32, Precision::Fp16],
+            Provider::Cuda | Provider::Cpu => &[Precision::F32],
         }
     }
 
@@ -247,10 +248,8 @@ fn build(
     precision: Precision,
     options: &BackendOptions,
 ) -> Result<Box<dyn Backend>, String> {
-    // Unused by the edge build (tract only).
-    let _ = precision;
     match provider {
-        Provider::Tract => tract::TractBackend::new(model, options).map(|b| Box::new(b) as Box<dyn Backend>),
+        Provider::Tract => tract::TractBackend::new(model, precision, options).map(|b| Box::new(b) as Box<dyn Backend>),
         #[cfg(feature = "openvino")]
         Provider::OpenVino => {
             self::openvino::OpenVinoBackend::new(model, precision, options).map(|b| Box::new(b) as Box<dyn Backend>)
@@ -268,8 +267,8 @@ fn build(
 }
 
 /// Start `provider` at `precision`; a reduced precision must then pass the self-check against an
-/// f32 run: OpenVINO's own f32 (same kernels but for the precision), for TensorRT ONNX Runtime's
-/// CPU provider (a second TensorRT engine would take minutes to build), else tract.
+/// f32 run: OpenVINO's and tract's own f32 (the same runtime but for the precision), for TensorRT
+/// ONNX Runtime's CPU provider (a second TensorRT engine would take minutes to build), else tract.
 fn start(
     model: &Model,
     provider: Provider,
@@ -292,7 +291,7 @@ fn start(
         return Ok((backend, None));
     }
     let reference = match provider {
-        Provider::OpenVino => build(model, Provider::OpenVino, Precision::F32, options),
+        Provider::OpenVino | Provider::Tract => build(model, provider, Precision::F32, options),
         _ => build(model, Provider::Cpu, Precision::F32, options)
             .or_else(|_| build(model, Provider::Tract, Precision::F32, options)),
     }

@@ -2,7 +2,8 @@
 //! before the engine uses it.
 //!
 //! f32 is exact and reproducible: every provider runs it, and the parity tests hold them to 1e-4.
-//! bf16 (OpenVINO on CPUs with AVX512-BF16 or AMX) and fp16 (TensorRT) change the numbers, so a
+//! bf16 (OpenVINO on CPUs with AVX512-BF16 or AMX) and fp16 (TensorRT; tract on ARM CPUs with
+//! FP16) change the numbers, so a
 //! backend at reduced precision runs fixed patches once, at engine creation, and is refused when
 //! its logits leave [`REDUCED_PRECISION_BOUND`] of an f32 run on the same patches.
 
@@ -19,7 +20,7 @@ pub enum Precision {
     F32,
     /// bfloat16 compute: OpenVINO on CPUs that report BF16 (AVX512-BF16 or AMX).
     Bf16,
-    /// IEEE half precision: TensorRT.
+    /// IEEE half precision: TensorRT, and tract on ARM CPUs with FP16 arithmetic.
     Fp16,
 }
 
@@ -48,7 +49,7 @@ impl Precision {
         match self {
             Precision::F32 => "32-bit float (exact, every provider)",
             Precision::Bf16 => "bfloat16 (OpenVINO on a CPU with AVX512-BF16 or AMX)",
-            Precision::Fp16 => "half precision (TensorRT)",
+            Precision::Fp16 => "half precision (TensorRT; tract on ARM CPUs with FP16)",
         }
     }
 }

@@ -1,5 +1,6 @@
-//! tract, the pure-Rust runtime: data-parallel, channels-last plans (see [`ConvLayout`]).
-use super::{Backend, BackendOptions, Provider};
+//! tract, the pure-Rust runtime: data-parallel, channels-last plans (see [`ConvLayout`]), f32 or,
+//! on ARM CPUs with half-precision arithmetic, fp16 (see [`native_fp16`]).
+use super::{Backend, BackendOptions, Precision, Provider};
 use super::{BackendError, guard, run_in_parts};
 use crate::model::Model;
 use std::collections::HashMap;
@@ -20,6 +21,7 @@ type Plan = Arc<TypedSimplePlan>;
 /// own thread.
 pub(crate) struct TractBackend {
     model: InferenceModel,
+    precision: Precision,
     plans: Mutex<HashMap<usize, Plan>>,
     patch_shape: [usize; 3],
     classes: usize,
@@ -27,7 +29,13 @@ pub(crate) struct TractBackend {
 }
 
 impl TractBackend {
-    pub(crate) fn new(model: &Model, options: &BackendOptions) -> Result<Self, String> {
+    /// `precision` is f32, or fp16 where [`native_fp16`] (the caller checks the provider runs it).
+    pub(crate) fn new(model: &Model, precision: Precision, options: &BackendOptions) -> Result<Self, String> {
+        if precision == Precision::Fp16 && !native_fp16() {
+            return Err("tract runs fp16 only on ARM CPUs with half-precision arithmetic (FEAT_FP16, \"asimdhp\" in \
+                        /proc/cpuinfo), where it has native fp16 kernels; this CPU would emulate it, slower than f32"
+                .into());
+        }
         let p = model.patch_size();
         let onnx = guard(
             || tract_onnx::onnx().model_for_read(&mut &model.bytes[..]).map_err(|e| format!("{e:#}")),
@@ -40,6 +48,7 @@ impl TractBackend {
         };
         let backend = Self {
             model: onnx,
+            precision,
             plans: Mutex::new(HashMap::new()),
             patch_shape: [model.channels, p, p],
             classes: model.num_classes(),
@@ -60,7 +69,7 @@ impl TractBackend {
         }
         let [c, h, w] = self.patch_shape;
         let optimise = || {
-            optimise(&self.model, [n, c, h, w], ConvLayout::ChannelsLast)
+            optimise(&self.model, [n, c, h, w], ConvLayout::ChannelsLast, self.precision)
                 .and_then(|m| m.into_runnable())
                 .map_err(|e| format!("{e:#}"))
         };
@@ -94,23 +103,59 @@ pub enum ConvLayout {
     ChannelsLast,
 }
 
-/// `model` typed, decluttered and optimised for one fixed input shape, in `layout`. Public for the
+/// Does tract have native fp16 kernels on this CPU? Only on 64-bit ARM with FEAT_FP16 (tract's own
+/// test: "asimdhp" among /proc/cpuinfo's Features, or a known fp16 core; or a build for such a
+/// CPU, `--cfg feature_cpu="fp16"`). Elsewhere tract would still run an fp16 graph, emulated,
+/// several times slower than f32, so medpatch refuses fp16 there.
+pub fn native_fp16() -> bool {
+    tract_onnx::tract_core::tract_linalg::has_fp16()
+}
+
+/// `model` typed, decluttered and optimised for one fixed input shape, in `layout`, computing in
+/// `precision` (f32, or fp16 by tract's `f32_to_f16` transform: every operator, the input and the
+/// output too, in half precision; [`input`] makes the input). Public for the
 /// benchmarks that compare layouts; the backend always uses [`ConvLayout::ChannelsLast`].
-pub fn optimise(model: &InferenceModel, input_shape: [usize; 4], layout: ConvLayout) -> TractResult<TypedModel> {
+pub fn optimise(
+    model: &InferenceModel,
+    input_shape: [usize; 4],
+    layout: ConvLayout,
+    precision: Precision,
+) -> TractResult<TypedModel> {
     let mut typed =
         model.clone().with_input_fact(0, f32::fact(input_shape).into())?.into_typed()?.into_decluttered()?;
+    let mut apply = |name: &str| match tract_onnx::tract_core::transform::get_transform(name)? {
+        Some(transform) => transform.transform(&mut typed),
+        None => Err(TractError::msg(format!("this tract has no {name} transform"))),
+    };
+    match precision {
+        Precision::F32 => {}
+        Precision::Fp16 => apply("f32_to_f16")?,
+        Precision::Bf16 => return Err(TractError::msg("tract runs f32 or fp16, not bf16")),
+    }
     if layout == ConvLayout::ChannelsLast {
-        let Some(nhwc) = tract_onnx::tract_core::transform::get_transform("conv_nhwc")? else {
-            return Err(TractError::msg("this tract has no conv_nhwc transform"));
-        };
-        nhwc.transform(&mut typed)?;
+        apply("conv_nhwc")?;
     }
     typed.into_optimized()
+}
+
+/// The input tensor of a plan made by [`optimise`] at `precision`: `patches` (`[n, c, h, w]`
+/// row-major), cast to fp16 for an fp16 plan.
+pub fn input(patches: &[f32], shape: [usize; 4], precision: Precision) -> TractResult<TValue> {
+    let tensor = Tensor::from_shape(&shape, patches)?;
+    Ok(match precision {
+        Precision::Fp16 => tensor.cast_to::<f16>()?.into_owned(),
+        Precision::F32 | Precision::Bf16 => tensor,
+    }
+    .into_tvalue())
 }
 
 impl Backend for TractBackend {
     fn provider(&self) -> Provider {
         Provider::Tract
+    }
+
+    fn precision(&self) -> Precision {
+        self.precision
     }
 
     fn run(&self, patches: &[f32], n: usize) -> Result<Vec<f32>, BackendError> {
@@ -136,14 +181,70 @@ impl TractBackend {
         let fail =
             |what: &str, e: &dyn std::fmt::Display| BackendError::runtime(Provider::Tract, format!("{what}: {e:#}"));
         let plan = self.plan(n).map_err(|e| fail("planning", &e))?;
-        let input =
-            tract_ndarray::Array4::from_shape_vec((n, c, h, w), patches.to_vec()).map_err(|e| fail("input", &e))?;
+        let input = input(patches, [n, c, h, w], self.precision).map_err(|e| fail("input", &e))?;
         let outputs = guard(
-            || plan.run(tvec!(Tensor::from(input).into_tvalue())).map_err(|e| fail("running", &e)),
+            || plan.run(tvec!(input)).map_err(|e| fail("running", &e)),
             |panic| fail("running", &format!("tract panicked: {panic}")),
         )?;
-        let logits = outputs[0].to_plain_array_view::<f32>().map_err(|e| fail("output", &e))?;
+        let logits = outputs[0].cast_to::<f32>().map_err(|e| fail("output", &e))?;
+        let logits = logits.to_plain_array_view::<f32>().map_err(|e| fail("output", &e))?;
         BackendError::check_shape(Provider::Tract, logits.shape(), n, self.classes)?;
         Ok(logits.iter().copied().collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::precision::{REDUCED_PRECISION_BOUND, check_patches};
+    use crate::{DEFAULT_MODEL_BYTES, ModelOrigin};
+
+    fn default_model() -> Model {
+        Model::from_bytes(DEFAULT_MODEL_BYTES.into(), ModelOrigin::Embedded).unwrap()
+    }
+
+    /// tract's fp16 graph computes what the f32 graph computes, to half precision's accuracy: on
+    /// the self-check's patches, the default model's patch logits stay within 3% of their scale
+    /// (measured: 2.8 where they reach ±170, 1.6%). That is outside the self-check's per-logit
+    /// bound for this overconfident demo model (a logit near 0 moves as much as the large ones),
+    /// so the engine refuses fp16 for it; tests/edge_build.rs runs tract's ARM fp16 kernels under
+    /// qemu, on this model (refused) and on one that passes. Here (x86, no fp16) tract runs its
+    /// portable fp16 kernels: the same graph, so this checks the transform and the casts.
+    #[test]
+    fn the_fp16_plan_computes_the_f32_plans_logits_to_half_precision() {
+        let model = default_model();
+        let onnx = tract_onnx::onnx().model_for_read(&mut &model.bytes[..]).unwrap();
+        let (patches, n) = check_patches(&model);
+        let shape = [n, model.channels, model.patch_size(), model.patch_size()];
+        let run = |precision, datum_type| {
+            let plan = optimise(&onnx, shape, ConvLayout::ChannelsLast, precision).unwrap().into_runnable().unwrap();
+            let outputs = plan.run(tvec!(input(&patches, shape, precision).unwrap())).unwrap();
+            assert_eq!(outputs[0].datum_type(), datum_type, "{precision} plan's output");
+            let logits = outputs[0].cast_to::<f32>().unwrap().into_owned();
+            logits.to_plain_array_view::<f32>().unwrap().iter().copied().collect::<Vec<f32>>()
+        };
+        let exact = run(Precision::F32, f32::datum_type());
+        let half = run(Precision::Fp16, f16::datum_type());
+        let scale = exact.iter().fold(0f32, |m, z| m.max(z.abs()));
+        let max = half.iter().zip(&exact).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        let (fraction, _) = REDUCED_PRECISION_BOUND.worst(&half, &exact);
+        eprintln!(
+            "tract fp16 vs f32 (portable kernels), {n} patches: max |Δ logit| {max:.2e}, logits up to ±{scale:.1}, \
+             {:.0}% of the self-check's bound",
+            100.0 * fraction
+        );
+        assert!(max <= 0.03 * scale, "fp16 is {max} off, logits up to {scale}");
+        assert!(max > 0.0, "the fp16 plan gave f32's logits exactly: it did not compute in fp16");
+    }
+
+    #[test]
+    fn fp16_is_refused_where_tract_has_no_native_kernels() {
+        let result = TractBackend::new(&default_model(), Precision::Fp16, &BackendOptions::default());
+        if native_fp16() {
+            assert!(result.is_ok());
+        } else {
+            let err = result.err().expect("refused");
+            assert!(err.contains("tract runs fp16 only on ARM CPUs") && err.contains("slower than f32"), "{err}");
+        }
     }
 }
