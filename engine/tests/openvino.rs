@@ -182,17 +182,17 @@ fn auto_skips_providers_that_cannot_run_the_precision_and_says_why() {
                 "cpu: ONNX Runtime CPU execution provider runs f32 only, not bf16; bf16 needs OpenVINO CPU",
                 "openvino: ",
                 "does not report BF16",
-                "tract: tract (pure Rust) runs f32 only, not bf16",
+                "tract: tract (pure Rust) runs f32 or fp16 only, not bf16",
             ] {
                 assert!(e.contains(expected), "missing '{expected}' in: {e}");
             }
         }
     }
-    // fp16 is TensorRT's: an explicit CPU provider says so.
+    // fp16 is TensorRT's and (on ARM) tract's: OpenVINO, asked for it, says so.
     let err = engine(&model, ProviderChoice::Only(Provider::OpenVino), Precision::Fp16).err().unwrap().to_string();
     assert!(
         err.contains(
-            "OpenVINO CPU runs f32 or bf16 only, not fp16; fp16 needs ONNX Runtime TensorRT execution provider"
+            "OpenVINO CPU runs f32 or bf16 only, not fp16; fp16 needs ONNX Runtime TensorRT execution provider or tract"
         ),
         "{err}"
     );
