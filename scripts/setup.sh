@@ -5,8 +5,7 @@
 # cross toolchain and qemu-user (apt, rustup), and the `medpatch` Python package itself
 # (`pip install ./python`). Re-running it is fast: nothing is reinstalled while
 # scripts/requirements-test.txt is unchanged, and pip's cache is reused otherwise.
-# `scripts/setup.sh --venv-only` stops after the Python environment, `--without-package` before the
-# Python package (scripts/test.sh starts the edge build then, and installs the package next).
+# `scripts/setup.sh --venv-only` stops after the Python environment.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -76,8 +75,6 @@ if ! cargo nextest --version >/dev/null 2>&1 && ! [ -x .cache/tools/bin/cargo-ne
     env -u RUSTC_WORKSPACE_WRAPPER -u CLIPPY_ARGS \
         cargo install --quiet --locked --root .cache/tools cargo-nextest --version "$NEXTEST_VERSION"
 fi
-
-[ "${1:-}" = --without-package ] && exit 0
 
 # The Python package, exactly as a user installs it (pip install ./python), into .venv, built with
 # the workspace's dev profile (maturin's default is release): python/Cargo.toml gives its

@@ -15,19 +15,6 @@ RUSTC_WORKSPACE_WRAPPER=$(rustup which clippy-driver)
 export RUSTC_WORKSPACE_WRAPPER
 export CLIPPY_ARGS="-D__CLIPPY_HACKERY__warnings__CLIPPY_HACKERY__"
 
-# The edge build (tract only, aarch64; tests/edge_build.rs runs it under qemu; linted too) compiles
-# every dependency once more, for ARM: it runs in the background, beside the x86 builds below,
-# because cargo leaves a core idle while it compiles a large crate or links (the two builds use
-# different profile directories of target/, so neither waits for the other's lock). Its output
-# goes to a log that is printed if it fails.
-scripts/setup.sh --without-package
-mkdir -p target
-edge_log=target/edge-build.log
-scripts/edge-build.sh --profile quick --fp16-cpu > target/edge-build.path 2> "$edge_log" &
-edge_build=$!
-# If the script stops early (a failure), the edge build stops too: its cargo, then itself.
-trap 'pkill -P "$edge_build" 2>/dev/null; kill "$edge_build" 2>/dev/null || true' EXIT
-
 scripts/setup.sh
 
 ORT_DYLIB_PATH=$(ls "$PWD"/.venv/lib/python3*/site-packages/onnxruntime/capi/libonnxruntime.so.* | head -n1)
@@ -46,6 +33,14 @@ source .venv/bin/activate
 export LIBTORCH_USE_PYTORCH=1
 export PYO3_PYTHON="$MEDPATCH_PYTHON"
 
+echo "== The edge build (tract only, aarch64; tests/edge_build.rs runs it under qemu; linted too)"
+# For an FP16 CPU (--fp16-cpu): qemu's has FP16 but shows the host's /proc/cpuinfo, so tract's fp16
+# kernels run only in a build that assumes it. Run in sequence, not beside the x86 builds: in the
+# background it made the cold run 2.7 minutes slower (2026-11-28: both builds already keep the 2
+# cores busy, and 4 compilers on 2 cores only add contention).
+MEDPATCH_EDGE_BIN=$(scripts/edge-build.sh --profile quick --fp16-cpu)
+export MEDPATCH_EDGE_BIN
+
 echo "== Rust tests (workspace, train included; the C API's examples are built and run by ffi/tests/packaging.rs)"
 # Every cargo command below selects the whole workspace, so cargo resolves the dependencies' features
 # once and compiles each dependency once: scripts/setup.sh's `pip install ./python` (dev profile)
@@ -56,10 +51,6 @@ echo "== Rust tests (workspace, train included; the C API's examples are built a
 # extension module cannot link a test harness): pytest tests its installed package below.
 cargo build --workspace --locked
 cargo test --workspace --locked --benches --no-run
-echo "== The edge build (started in the background above)"
-wait "$edge_build" || { tail -n 40 "$edge_log"; echo "the edge build failed (log: $edge_log)"; exit 1; }
-MEDPATCH_EDGE_BIN=$(cat target/edge-build.path)
-export MEDPATCH_EDGE_BIN
 # cargo-nextest (scripts/setup.sh) runs the tests, binaries side by side; it does not run doctests,
 # so `cargo test --doc` does.
 PATH="$PWD/.cache/tools/bin:$PATH" cargo nextest run --workspace --locked --no-fail-fast

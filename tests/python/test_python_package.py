@@ -6,6 +6,7 @@ The CLI binary comes from MEDPATCH_BIN (scripts/test.sh points it at target/debu
 import gc
 import json
 import os
+import platform
 import subprocess
 import sys
 import threading
@@ -171,8 +172,11 @@ def test_errors_are_python_exceptions(tmp_path, engine):
         medpatch.Engine(provider="cuda")
     with pytest.raises(ValueError, match="unknown precision 'int8'"):
         medpatch.Engine(precision="int8")
-    with pytest.raises(medpatch.ProviderUnavailableError, match="tract .* runs f32 only"):
-        medpatch.Engine(provider="tract", precision="fp16")
+    with pytest.raises(medpatch.ProviderUnavailableError, match="tract .* runs f32 or fp16 only, not bf16"):
+        medpatch.Engine(provider="tract", precision="bf16")
+    if platform.machine() == "x86_64":  # tract's fp16 needs an ARM CPU with FP16
+        with pytest.raises(medpatch.ProviderUnavailableError, match="tract runs fp16 only on ARM CPUs"):
+            medpatch.Engine(provider="tract", precision="fp16")
     with pytest.raises(FileNotFoundError):
         medpatch.Engine(tmp_path / "missing.onnx")
     with pytest.raises(medpatch.ModelError, match="not an ONNX model|no medpatch metadata"):

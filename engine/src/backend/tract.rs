@@ -113,8 +113,8 @@ pub fn native_fp16() -> bool {
 
 /// `model` typed, decluttered and optimised for one fixed input shape, in `layout`, computing in
 /// `precision` (f32, or fp16 by tract's `f32_to_f16` transform: every operator, the input and the
-/// output too, in half precision; [`input`] makes the input). Public for the
-/// benchmarks that compare layouts; the backend always uses [`ConvLayout::ChannelsLast`].
+/// output too, in half precision; [`input`] makes the input). Public for the benchmarks that
+/// compare layouts; the backend always uses [`ConvLayout::ChannelsLast`].
 pub fn optimise(
     model: &InferenceModel,
     input_shape: [usize; 4],
