@@ -35,9 +35,9 @@ export PYO3_PYTHON="$MEDPATCH_PYTHON"
 
 echo "== The edge build (tract only, aarch64; tests/edge_build.rs runs it under qemu; linted too)"
 # For an FP16 CPU (--fp16-cpu): qemu's has FP16 but shows the host's /proc/cpuinfo, so tract's fp16
-# kernels run only in a build that assumes it. Run in sequence, not beside the x86 builds: in the
-# background it made the cold run 2.7 minutes slower (2026-11-28: both builds already keep the 2
-# cores busy, and 4 compilers on 2 cores only add contention).
+# kernels run only in a build that assumes it. In sequence, not in the background beside the x86
+# builds: tried in a cold run (2026-11-28), pip install + edge build together took 33 min against
+# 30.3 in sequence (each build alone already keeps the 2 cores busy).
 MEDPATCH_EDGE_BIN=$(scripts/edge-build.sh --profile quick --fp16-cpu)
 export MEDPATCH_EDGE_BIN
 
