@@ -108,40 +108,47 @@ pub fn scratch(name: &str) -> PathBuf {
     dir
 }
 
-/// A torchvision MedicalPatchNet checkpoint (saved like the published one) and its reference
-/// outputs, made once per test binary by tests/python/make_export_reference.py.
-pub fn reference_checkpoint(arch: &str) -> PathBuf {
-    use std::collections::HashMap;
-    use std::sync::{Mutex, OnceLock};
-    static MADE: OnceLock<Mutex<HashMap<String, PathBuf>>> = OnceLock::new();
-    let mut made = MADE.get_or_init(Default::default).lock().unwrap_or_else(|p| p.into_inner());
-    if let Some(dir) = made.get(arch) {
-        return dir.clone();
+/// A torchvision MedicalPatchNet checkpoint (saved like the published one), its reference outputs
+/// and (once exported) medpatch's ONNX of it, made by tests/python/make_export_reference.py.
+///
+/// Made once per test run and shared: nextest runs every test in its own process, so the
+/// directory is named after the run (`NEXTEST_RUN_ID`; the process under plain `cargo test`) and
+/// made under a file lock by whichever process comes first. The lock is held while `f` runs.
+fn with_reference_checkpoint<T>(arch: &str, f: impl FnOnce(&Path) -> T) -> T {
+    let run = std::env::var("NEXTEST_RUN_ID").unwrap_or_else(|_| std::process::id().to_string());
+    let scratch = repo_root().join("target/test-scratch");
+    std::fs::create_dir_all(&scratch).unwrap();
+    let dir = scratch.join(format!("reference-{arch}-{run}"));
+    let lock = std::fs::File::create(dir.with_extension("lock")).unwrap();
+    lock.lock().unwrap();
+    let done = dir.join("made");
+    if !done.exists() {
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let xray = nih_images()[0].clone();
+        run_python(
+            "make_export_reference.py",
+            &["--arch", arch, "--xray", xray.to_str().unwrap(), "--out", dir.to_str().unwrap()],
+        );
+        std::fs::write(&done, b"").unwrap();
     }
-    let dir = scratch(&format!("reference-{arch}-{}", std::process::id()));
-    let xray = nih_images()[0].clone();
-    run_python(
-        "make_export_reference.py",
-        &["--arch", arch, "--xray", xray.to_str().unwrap(), "--out", dir.to_str().unwrap()],
-    );
-    made.insert(arch.to_string(), dir.clone());
-    dir
+    f(&dir)
 }
 
-/// Export a reference checkpoint with medpatch (patch size 64) and load it.
+/// Export a reference checkpoint with medpatch (patch size 64), once per test run, and load it.
 pub fn exported_reference_model(arch: &str) -> (PathBuf, medpatch_engine::Model) {
-    let dir = reference_checkpoint(arch);
-    let out = dir.join(format!("{arch}.onnx"));
-    if !out.exists() {
-        let mut options = medpatch_exporter::ExportOptions::new(
-            medpatch_exporter::WeightsSource::File(dir.join("weights.pt")),
-            out.clone(),
-        );
-        options.arch = medpatch_models::ArchConfig::builtin(arch).unwrap();
-        medpatch_exporter::export(&options).unwrap();
-    }
-    let model = medpatch_engine::Model::from_path(&out).unwrap();
-    (dir, model)
+    with_reference_checkpoint(arch, |dir| {
+        let out = dir.join(format!("{arch}.onnx"));
+        if !out.exists() {
+            let mut options = medpatch_exporter::ExportOptions::new(
+                medpatch_exporter::WeightsSource::File(dir.join("weights.pt")),
+                out.clone(),
+            );
+            options.arch = medpatch_models::ArchConfig::builtin(arch).unwrap();
+            medpatch_exporter::export(&options).unwrap();
+        }
+        (dir.to_path_buf(), medpatch_engine::Model::from_path(&out).unwrap())
+    })
 }
 
 /// Every real X-ray beside the checkout: NIH PNGs, pediatric JPEGs, the DICOM.
