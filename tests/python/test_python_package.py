@@ -249,7 +249,7 @@ def rss_kib():
 
 
 def test_a_thousand_predictions_keep_memory_flat():
-    eng = medpatch.Engine(provider="cpu", threads=1)
+    eng = medpatch.Engine(provider="cpu", threads=2)
     image = np.asarray(Image.open(BUNDLED).convert("L").resize((256, 256)))
     for _ in range(20):
         eng.predict(image)
