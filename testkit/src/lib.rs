@@ -123,6 +123,7 @@ fn with_reference_checkpoint<T>(arch: &str, f: impl FnOnce(&Path) -> T) -> T {
     lock.lock().unwrap();
     let done = dir.join("made");
     if !done.exists() {
+        remove_earlier_runs_references(&scratch, arch);
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let xray = nih_images()[0].clone();
@@ -133,6 +134,21 @@ fn with_reference_checkpoint<T>(arch: &str, f: impl FnOnce(&Path) -> T) -> T {
         std::fs::write(&done, b"").unwrap();
     }
     f(&dir)
+}
+
+/// Earlier runs' reference directories (~150 MB each) would pile up under target/test-scratch, one
+/// per run: those last touched over an hour ago are removed (no run lasts that long, so a run going
+/// on beside this one keeps its own).
+fn remove_earlier_runs_references(scratch: &Path, arch: &str) {
+    let prefix = format!("reference-{arch}-");
+    let hour = std::time::Duration::from_secs(3600);
+    for entry in std::fs::read_dir(scratch).into_iter().flatten().flatten() {
+        let stale = entry.metadata().and_then(|m| m.modified()).is_ok_and(|t| t.elapsed().is_ok_and(|age| age > hour));
+        if stale && entry.file_name().to_string_lossy().starts_with(&prefix) {
+            let path = entry.path();
+            let _ = if path.is_dir() { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) };
+        }
+    }
 }
 
 /// Export a reference checkpoint with medpatch (patch size 64), once per test run, and load it.
