@@ -44,11 +44,15 @@ echo "setup: ONNX Runtime library: $ORT_LIB"
 # The edge build's cross toolchain (scripts/edge-build.sh): Debian's aarch64 linker and C compiler
 # (a few C dependencies, e.g. OpenJPEG), qemu-user to run the result, and Rust's aarch64 target.
 missing=()
-for pkg in gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user; do
+# libopenjp2-7-dev: ffi/tests/packaging.rs links the system OpenJPEG beside libmedpatch.
+# orthanc, dcmtk, dicom3tools: the DICOM results' tests (tests/python/test_dicom_out.py,
+# dicom_out/tests/objects.rs) run a real Orthanc PACS, dcmtk's storescu/echoscu and dicom3tools'
+# dciodvfy validator (~12 s of apt on a warm mirror, measured 2026-12-03).
+for pkg in gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user libopenjp2-7-dev pkg-config orthanc dcmtk dicom3tools; do
     dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
 done
 if [ ${#missing[@]} -gt 0 ]; then
-    echo "setup: apt-get install ${missing[*]} (edge build: aarch64 cross compiler and qemu)"
+    echo "setup: apt-get install ${missing[*]} (edge build: aarch64 cross compiler and qemu; DICOM test tools)"
     SUDO=$([ "$(id -u)" = 0 ] || echo sudo)
     $SUDO apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null

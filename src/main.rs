@@ -26,6 +26,13 @@ enum Command {
     /// The paper's evaluation on a CheXpert-style split: AUROC and thresholded metrics with bootstrap
     /// intervals, CheXlocalize hit rate and mIoU; markdown, CSV, JSON, ROC curves, saliency sheets.
     Evaluate(cli::evaluate::EvaluateArgs),
+    /// Serve the model: Open Inference Protocol v2 over REST and gRPC (Triton's clients work), dynamic
+    /// batching, Prometheus metrics, POST /v1/predict for a file.
+    #[cfg(feature = "serve")]
+    Serve(cli::serve::ServeArgs),
+    /// A DICOM node: receives X-rays over DICOM (C-STORE), sends the results (TID 1500 SR,
+    /// segmentation, overlays) to a PACS through an on-disk queue.
+    DicomNode(cli::dicom_node::DicomNodeArgs),
 }
 
 fn main() -> ExitCode {
@@ -36,6 +43,9 @@ fn main() -> ExitCode {
         Command::Export(args) => cli::export::run(args),
         Command::Bench(args) => cli::bench::run(args),
         Command::Evaluate(args) => cli::evaluate::run(args),
+        #[cfg(feature = "serve")]
+        Command::Serve(args) => cli::serve::run(args),
+        Command::DicomNode(args) => cli::dicom_node::run(args),
     })
     .unwrap_or_else(|_| {
         Err(anyhow::anyhow!("internal error (a bug in medpatch: please report it with the message above)"))

@@ -171,7 +171,7 @@ fn models_without_metadata_or_with_the_wrong_input_are_refused() {
     let out = medpatch(&["predict", "--model", wrong_path.to_str().unwrap(), "assets/00001369_000.png"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1));
-    assert!(stderr.contains("expected [N, C, 32, 32]"), "{stderr}");
+    assert!(stderr.contains("expected [N, 1, 32, 32]"), "{stderr}");
 
     // A model whose outputs are not finite: each image fails with a clear error, exit 1.
     let mut broken = model.clone();
@@ -217,9 +217,9 @@ fn lone_bad_inputs_empty_folders_and_all_failed_batches_exit_1_without_a_panic()
     // A batch of only corrupt files.
     let out = medpatch(&["predict", notes.to_str().unwrap(), garbage.to_str().unwrap()]);
     check_failed(&out, 2, 2, 2);
-    // An empty folder: nothing to do is not a success.
+    // An empty folder: nothing to do is not a success (and the JSON says so too).
     let out = medpatch(&["predict", empty_dir.to_str().unwrap()]);
-    check_failed(&out, 0, 1, 1);
+    check_failed(&out, 1, 1, 1);
     assert!(String::from_utf8_lossy(&out.stderr).contains("no images in this folder"));
     // One image per batch with a bad file in the middle: results in input order.
     let (g, n) = (good.to_str().unwrap(), notes.to_str().unwrap());

@@ -31,8 +31,8 @@ fn run_target(target: &str, data: &[u8]) -> Result<(), String> {
             decode_bytes(&forced(&magic, 132), "fuzz.dcm").map(drop).map_err(|e| e.to_string())
         }
         "decode_bytes" => decode_bytes(data, "fuzz.dcm").map(drop).map_err(|e| e.to_string()),
-        "torch_weights" => medpatch_exporter::weights::load_bytes(data, "fuzz.pt").map(drop).map_err(|e| e.to_string()),
-        "pickle" => medpatch_exporter::pickle::parse(data).map(drop).map_err(|e| e.to_string()),
+        "torch_weights" => medpatch_weights::load_bytes(data, "fuzz.pt").map(drop).map_err(|e| e.to_string()),
+        "pickle" => medpatch_weights::pickle::parse(data).map(drop).map_err(|e| e.to_string()),
         "model" => medpatch_engine::Model::from_bytes(data.into(), medpatch_engine::ModelOrigin::Memory("fuzz".into()))
             .map(drop)
             .map_err(|e| e.to_string()),

@@ -410,6 +410,37 @@ impl Engine {
         explain::coarse_map(&values, m.grid(), m.patch_size(), m.num_classes())
     }
 
+    /// The paper's overlay figure for each of `classes` (indices in model order), as RGB PNG files:
+    /// the `kind` saliency, normalised as the stored maps are, in [`render::overlay_rgb`]'s colours
+    /// (saturating at `logit_range`, default the model's own) over the image the model saw. What
+    /// `medpatch predict --out` writes as `<name>.<class>.png` (without `--shift-steps`).
+    pub fn overlay_pngs(
+        &self,
+        prediction: &Prediction,
+        classes: &[usize],
+        kind: MapKind,
+        logit_range: Option<f32>,
+    ) -> Result<Vec<Vec<u8>>, EngineError> {
+        let (side, count) = (self.model.image_size(), self.model.num_classes());
+        if let Some(&c) = classes.iter().find(|&&c| c >= count) {
+            return Err(EngineError::Input(format!("class index {c} is out of range: the model has {count} classes")));
+        }
+        if classes.is_empty() {
+            return Ok(Vec::new());
+        }
+        let range = logit_range.unwrap_or_else(|| self.model.metadata.overlay_logit_range());
+        let map = self.saliency(prediction, kind);
+        classes
+            .iter()
+            .map(|&c| {
+                let normalised = explain::normalise(&map[c * side * side..(c + 1) * side * side]);
+                let rgb = crate::render::overlay_rgb(&prediction.image, &normalised, range);
+                crate::render::png_rgb8(side as u32, side as u32, &rgb)
+                    .map_err(|e| EngineError::Internal(format!("overlay of class {c}: {e}")))
+            })
+            .collect()
+    }
+
     /// The paper's dense map at `shift_steps` S ∈ {1, 2, 4, …, patch}: S² shifted copies of the
     /// image, all their patches batched through the backend, averaged back in image coordinates.
     pub fn dense_map(&self, image: &GrayImage, shift_steps: usize) -> Result<DenseMap, EngineError> {
@@ -595,6 +626,24 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn overlays_are_the_saliency_in_the_overlay_colours() {
+        let engine = tract_engine();
+        let png = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/../assets/00001369_000.png")).unwrap();
+        let p = engine.predict(Input::Bytes { bytes: &png, name: "a.png" }).unwrap();
+        let pngs = engine.overlay_pngs(&p, &[2, 9], MapKind::Scaled, None).unwrap();
+        assert_eq!(pngs.len(), 2);
+        let map = engine.saliency(&p, MapKind::Scaled);
+        let range = engine.model().metadata.overlay_logit_range();
+        let plane = 512 * 512;
+        let expected = crate::render::overlay_rgb(&p.image, &explain::normalise(&map[9 * plane..10 * plane]), range);
+        assert_eq!(pngs[1], crate::render::png_rgb8(512, 512, &expected).unwrap());
+        assert_ne!(pngs[0], pngs[1]);
+        assert!(engine.overlay_pngs(&p, &[], MapKind::Raw, None).unwrap().is_empty());
+        let err = engine.overlay_pngs(&p, &[14], MapKind::Raw, None).unwrap_err().to_string();
+        assert!(err.contains("class index 14"), "{err}");
     }
 
     #[test]

@@ -4,12 +4,14 @@
 //! (mean of patch logits, saliency maps). [`Engine`] strings them together.
 
 pub mod backend;
-pub mod decode;
+/// Decoding lives in its own crate (the fuzz targets and the web build use it alone).
+pub use medpatch_decode as decode;
 mod engine;
 pub mod explain;
 pub mod model;
 pub mod preprocess;
 pub mod render;
+pub mod report;
 pub mod tile;
 
 pub use backend::{BackendError, BackendOptions, Precision, PrecisionCheck, Provider, ProviderChoice};

@@ -27,6 +27,12 @@ impl std::fmt::Display for ModelOrigin {
     }
 }
 
+/// Largest model file read: protobuf, and so ONNX without external data, stops at 2 GiB.
+pub const MAX_MODEL_BYTES: u64 = 2 << 30;
+
+/// ONNX's `TensorProto.DataType.FLOAT`.
+const ONNX_FLOAT: i32 = 1;
+
 /// The bytes of a checked model and its metadata. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Model {
@@ -39,10 +45,8 @@ pub struct Model {
 
 impl Model {
     pub fn from_path(path: &Path) -> Result<Self, EngineError> {
-        let bytes = std::fs::read(path).map_err(|e| EngineError::Model {
-            origin: path.display().to_string(),
-            problem: format!("cannot read it: {e}"),
-        })?;
+        let bytes = medpatch_models::read_regular_file(path, MAX_MODEL_BYTES)
+            .map_err(|e| EngineError::Model { origin: path.display().to_string(), problem: e.to_string() })?;
         Self::from_bytes(bytes.into(), ModelOrigin::File(path.to_path_buf()))
     }
 
@@ -66,19 +70,32 @@ impl Model {
         };
         let in_dims = static_dims(input);
         let p = metadata.patch_size as i64;
+        let c = metadata.input.channels as i64;
         let channels = match in_dims.as_slice() {
-            [_, Some(c), Some(h), Some(w)] if *h == p && *w == p && *c > 0 => *c as usize,
+            [None, Some(channels), Some(h), Some(w)] if *h == p && *w == p && *channels == c => c as usize,
             _ => {
                 return Err(fail(format!(
-                    "input '{}' has shape {}, expected [N, C, {p}, {p}] (the metadata's patch size)",
+                    "input '{}' has shape {}, expected [N, {c}, {p}, {p}]: a free batch size N (medpatch runs \
+                     many patches per call), the metadata's {c} channel(s) and patch size {p}",
                     input.name,
                     show_dims(&in_dims)
                 )));
             }
         };
+        for (role, info) in [("input", *input), ("output", output)] {
+            let element = elem_type(info);
+            if element != Some(ONNX_FLOAT) {
+                return Err(fail(format!(
+                    "{role} '{}' has element type {}, expected float32 (ONNX type 1): medpatch feeds and reads \
+                     float32 tensors",
+                    info.name,
+                    element.map_or("unknown".to_string(), |t| t.to_string())
+                )));
+            }
+        }
         let out_dims = static_dims(output);
         let classes = metadata.classes.len() as i64;
-        if !matches!(out_dims.as_slice(), [_, Some(c)] if *c == classes) {
+        if !matches!(out_dims.as_slice(), [None, Some(c)] if *c == classes) {
             return Err(fail(format!(
                 "output '{}' has shape {}, expected [N, {classes}] (one logit per class in the metadata)",
                 output.name,
@@ -121,7 +138,60 @@ fn static_dims(info: &pb::ValueInfoProto) -> Vec<Option<i64>> {
         .unwrap_or_default()
 }
 
+fn elem_type(info: &pb::ValueInfoProto) -> Option<i32> {
+    match info.r#type.as_ref().and_then(|t| t.value.as_ref()) {
+        Some(pb::type_proto::Value::TensorType(t)) => Some(t.elem_type),
+        _ => None,
+    }
+}
+
 fn show_dims(dims: &[Option<i64>]) -> String {
     let parts: Vec<String> = dims.iter().map(|d| d.map_or("?".into(), |v| v.to_string())).collect();
     format!("[{}]", parts.join(", "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The embedded model's bytes after `edit` changed its protobuf.
+    fn edited(edit: impl FnOnce(&mut pb::ModelProto)) -> Result<Model, EngineError> {
+        let mut proto = pb::ModelProto::decode(crate::DEFAULT_MODEL_BYTES).unwrap();
+        edit(&mut proto);
+        Model::from_bytes(proto.encode_to_vec().into(), ModelOrigin::Memory("edited.onnx".into()))
+    }
+
+    fn input_type(proto: &mut pb::ModelProto) -> &mut pb::type_proto::Tensor {
+        let graph = proto.graph.as_mut().unwrap();
+        let input = graph.input.iter_mut().find(|i| i.name == INPUT_NAME).unwrap();
+        let Some(pb::type_proto::Value::TensorType(t)) = input.r#type.as_mut().unwrap().value.as_mut() else {
+            panic!("the input is a tensor")
+        };
+        t
+    }
+
+    fn input_dims(proto: &mut pb::ModelProto) -> &mut Vec<pb::tensor_shape_proto::Dimension> {
+        &mut input_type(proto).shape.as_mut().unwrap().dim
+    }
+
+    #[test]
+    fn inputs_the_engine_cannot_feed_are_refused_at_load() {
+        use pb::tensor_shape_proto::dimension::Value;
+        assert!(edited(|_| {}).is_ok());
+        let err = edited(|p| input_dims(p)[1].value = Some(Value::DimValue(3))).unwrap_err().to_string();
+        assert!(err.contains("has shape [?, 3, 64, 64], expected [N, 1, 64, 64]"), "{err}");
+        let err = edited(|p| input_dims(p)[0].value = Some(Value::DimValue(1))).unwrap_err().to_string();
+        assert!(err.starts_with("model edited.onnx: input 'patches' has shape [1, 1, 64, 64]"), "{err}");
+        let err = edited(|p| input_type(p).elem_type = 10).unwrap_err().to_string(); // float16
+        assert!(err.contains("element type 10, expected float32"), "{err}");
+    }
+
+    #[test]
+    fn model_files_must_be_regular_files() {
+        let err = Model::from_path(Path::new("/dev/zero")).unwrap_err().to_string();
+        assert_eq!(err, "model /dev/zero: it is a character device, not a regular file");
+        let dir = tempfile::tempdir().unwrap();
+        let err = Model::from_path(dir.path()).unwrap_err().to_string();
+        assert!(err.ends_with("it is a folder, not a regular file"), "{err}");
+    }
 }

@@ -37,7 +37,7 @@ pub fn parse_label(text: &str) -> Result<f32> {
 /// Read a CheXpert-style CSV (train.csv, train_visualCheXbert.csv, valid.csv, CheXlocalize
 /// test_labels.csv).
 pub fn read_csv(path: &Path) -> Result<Vec<Record>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let text = medpatch_models::read_regular_text(path).with_context(|| format!("cannot read {}", path.display()))?;
     parse_csv(&text).with_context(|| format!("{}", path.display()))
 }
 
@@ -79,6 +79,15 @@ pub fn parse_csv(text: &str) -> Result<Vec<Record>> {
                 .with_context(|| format!("row {}, column '{}'", line + 2, CHEXPERT_CLASSES[k]))?;
         }
         records.push(Record { path: fields[0].clone(), labels: values });
+    }
+    if records.is_empty() {
+        bail!("the CSV has a header but no rows: nothing to evaluate");
+    }
+    let mut rows: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    for (i, record) in records.iter().enumerate() {
+        if let Some(first) = rows.insert(record.path.as_str(), i) {
+            bail!("rows {} and {} are both for {}: each image must appear once", first + 2, i + 2, record.path);
+        }
     }
     Ok(records)
 }
@@ -131,6 +140,17 @@ mod tests {
             assert_eq!(parse_label(t).unwrap(), 0.0, "{t:?}");
         }
         assert!(parse_label("yes").is_err());
+    }
+
+    #[test]
+    fn empty_and_repeated_rows_are_refused() {
+        let header = format!("Path,Sex,Age,Frontal/Lateral,AP/PA,{}", CHEXPERT_CLASSES.join(","));
+        let err = parse_csv(&format!("{header}\n")).unwrap_err().to_string();
+        assert!(err.contains("no rows"), "{err}");
+        let row = format!("a/b.jpg,F,50,Frontal,AP{}", ",0.0".repeat(14));
+        assert_eq!(parse_csv(&format!("{header}\n{row}\n")).unwrap().len(), 1);
+        let err = parse_csv(&format!("{header}\n{row}\n{row}\n")).unwrap_err().to_string();
+        assert!(err.contains("rows 2 and 3 are both for a/b.jpg"), "{err}");
     }
 
     #[test]

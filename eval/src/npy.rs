@@ -37,8 +37,13 @@ pub fn parse(bytes: &[u8]) -> Result<NpyArray, String> {
         .filter(|s| !s.is_empty())
         .map(|s| s.parse::<usize>().map_err(|_| format!("bad shape entry '{s}'")))
         .collect::<Result<_, _>>()?;
-    let count: usize = shape.iter().product();
+    // In checked arithmetic: the shape comes from the file, and the data must hold it.
+    let count = shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d)).ok_or("the shape's size overflows")?;
     let body = &bytes[start + header_len..];
+    let width = if descr.ends_with('8') { 8 } else { 4 };
+    if count.checked_mul(width).is_none_or(|needed| needed > body.len()) {
+        return Err(format!("the data ({} bytes) is shorter than the shape {shape:?} says", body.len()));
+    }
     let values: Vec<f32> = match descr {
         "<f4" | ">f4" | "=f4" => {
             let raw = body.get(..count * 4).ok_or("the data is shorter than the shape says")?;
@@ -89,7 +94,7 @@ fn fortran_to_c(values: &[f32], shape: &[usize]) -> Vec<f32> {
 
 /// Read an array of any shape.
 pub fn read(path: &std::path::Path) -> Result<NpyArray, String> {
-    parse(&std::fs::read(path).map_err(|e| format!("cannot read: {e}"))?)
+    parse(&medpatch_models::read_regular_file(path, medpatch_models::MAX_DATA_FILE_BYTES).map_err(|e| e.to_string())?)
 }
 
 /// Read a 2-D map (leading axes of size 1 are dropped: `[1, 1, H, W]` as torch saves a map is fine).

@@ -54,7 +54,8 @@ impl Thresholds {
     }
 
     pub fn read(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let text =
+            medpatch_models::read_regular_text(path).with_context(|| format!("cannot read {}", path.display()))?;
         Self::parse(&text)
             .with_context(|| format!("{}: not a thresholds file written by `medpatch evaluate`", path.display()))
     }

@@ -67,11 +67,20 @@ pub fn counts(mask: &Mask) -> Vec<u64> {
     out
 }
 
+/// Largest mask accepted, in pixels: the decoders' image limit (2^28; CheXpert images are about
+/// 2^22). A mask's size comes from its JSON, checked before anything is allocated.
+pub const MAX_MASK_PIXELS: u64 = 1 << 28;
+
 /// The mask back from run lengths.
 pub fn from_counts(height: usize, width: usize, counts: &[u64]) -> Result<Mask, String> {
-    let total: u64 = counts.iter().sum();
-    if total != (height * width) as u64 {
-        return Err(format!("the runs cover {total} pixels, the mask has {}", height * width));
+    let pixels = (height as u64)
+        .checked_mul(width as u64)
+        .filter(|&n| n <= MAX_MASK_PIXELS)
+        .ok_or_else(|| format!("a {height}×{width} mask is over the limit of {MAX_MASK_PIXELS} pixels"))?;
+    let total = counts.iter().try_fold(0u64, |sum, &c| sum.checked_add(c));
+    if total != Some(pixels) {
+        let covered = total.map_or_else(|| "more than 2^64".to_string(), |t| t.to_string());
+        return Err(format!("the runs cover {covered} pixels, the mask has {pixels}"));
     }
     let mut mask = Mask::new(height, width);
     let mut i = 0usize;
@@ -122,6 +131,10 @@ pub fn counts_from_string(s: &str) -> Result<Vec<u64>, String> {
         let mut k = 0;
         loop {
             let Some(&b) = bytes.get(p) else { return Err("truncated RLE string".into()) };
+            if k == 13 {
+                // 13 groups of 5 bits hold every i64; more is not a count pycocotools writes.
+                return Err("a run length in the RLE string is longer than 64 bits".into());
+            }
             if !(48..48 + 64).contains(&b) {
                 return Err(format!("invalid RLE character {:?}", b as char));
             }
@@ -139,7 +152,7 @@ pub fn counts_from_string(s: &str) -> Result<Vec<u64>, String> {
         }
         let m = counts.len();
         if m > 2 {
-            x += counts[m - 2] as i64;
+            x = x.checked_add(counts[m - 2] as i64).ok_or("a run length in the RLE string overflows")?;
         }
         if x < 0 {
             return Err("negative run length in RLE string".into());
@@ -210,6 +223,18 @@ mod tests {
         full.data.fill(true);
         assert_eq!(counts(&full), vec![0, 4]);
         assert_eq!(decode_json(&serde_json::json!({"size": [2, 2], "counts": [0, 4]})).unwrap(), full);
+    }
+
+    #[test]
+    fn absurd_sizes_and_overflowing_counts_are_errors_not_allocations() {
+        let huge = serde_json::json!({"size": [1_000_000, 1_000_000], "counts": [0, 1]});
+        assert!(decode_json(&huge).unwrap_err().contains("over the limit of 268435456 pixels"));
+        let overflow = serde_json::json!({"size": [2, 2], "counts": [u64::MAX, u64::MAX, 4]});
+        assert!(decode_json(&overflow).unwrap_err().contains("cover more than 2^64 pixels"));
+        assert!(counts_from_string(&"o".repeat(40)).unwrap_err().contains("longer than 64 bits"));
+        // The fourth value is a difference to the second: i64::MAX + i64::MAX overflows.
+        let raw: String = [0, i64::MAX as u64, 0, i64::MAX as u64].iter().map(|&v| counts_to_string(&[v])).collect();
+        assert_eq!(counts_from_string(&raw).unwrap_err(), "a run length in the RLE string overflows");
     }
 
     #[test]

@@ -5,9 +5,9 @@
 //! keys, wrong shapes, left-over keys) and reported together, so one run tells the user everything.
 
 use crate::onnx::{Attr, GraphBuilder};
-use crate::weights::{Tensor, Weights};
 pub use medpatch_models::WeightProblems;
 use medpatch_models::{ArchConfig, LayerSpec, Rng};
+use medpatch_weights::{Tensor, Weights};
 use std::collections::BTreeSet;
 
 /// Hands out tensors by name, recording what was asked for and what did not fit.
@@ -238,5 +238,5 @@ pub fn random_weights(arch: &ArchConfig, num_classes: usize, seed: u64) -> Weigh
     let fc = (0..num_classes * head).map(|_| ((rng.f64() * 2.0 - 1.0) * range) as f32).collect();
     put("classifier.1.weight".into(), vec![num_classes, head], fc);
     put("classifier.1.bias".into(), vec![num_classes], vec![0.0; num_classes]);
-    Weights { tensors, source_sha256: String::new() }
+    Weights { tensors, source_sha256: String::new(), found_under: None }
 }

@@ -12,8 +12,6 @@
 
 pub mod efficientnet;
 pub mod onnx;
-pub mod pickle;
-pub mod weights;
 
 use medpatch_models::contract::{INPUT_NAME, OUTPUT_NAME};
 use medpatch_models::{ArchConfig, ArchError, ModelMetadata};
@@ -23,7 +21,8 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 pub use efficientnet::WeightProblems;
-pub use weights::{Tensor, Weights, WeightsError};
+use medpatch_weights as weights;
+pub use medpatch_weights::{Tensor, Weights, WeightsError};
 
 #[derive(Debug, Clone)]
 pub enum WeightsSource {
@@ -90,9 +89,22 @@ pub enum ExportError {
 pub fn export(options: &ExportOptions) -> Result<ExportReport, ExportError> {
     let started = Instant::now();
     let p = options.patch_size;
-    if p == 0 || !options.image_size.is_multiple_of(p) {
-        return Err(ExportError::Options(format!("patch size {p} must divide the image size {}", options.image_size)));
+    // Everything the options alone can refuse is refused before any weight is read or made.
+    medpatch_models::contract::check_geometry(p, options.image_size).map_err(ExportError::Options)?;
+    if let Some(classes) = &options.classes {
+        medpatch_models::contract::check_classes(classes)
+            .map_err(|problem| ExportError::Options(format!("--classes: {problem}")))?;
     }
+    if let WeightsSource::Random { num_classes, .. } = options.weights
+        && !(1..=medpatch_models::contract::MAX_CLASSES).contains(&num_classes)
+    {
+        return Err(ExportError::Options(format!(
+            "{num_classes} classes: a model has 1 to {} outputs",
+            medpatch_models::contract::MAX_CLASSES
+        )));
+    }
+    medpatch_models::io::check_output_path(&options.output)
+        .map_err(|source| ExportError::Write { path: options.output.display().to_string(), source })?;
     let (weights, origin, source) = match &options.weights {
         WeightsSource::File(path) => {
             let w = weights::load(path)?;

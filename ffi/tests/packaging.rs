@@ -81,6 +81,15 @@ fn header_is_cbindgens_output_and_matches_the_exported_symbols_and_version() {
         .map(str::to_string)
         .collect();
     assert_eq!(declared, exported, "header declarations vs symbols exported by {}", library.display());
+    // Nothing else: the Rust runtime's and the bundled C libraries' symbols (OpenJPEG's opj_*) stay
+    // inside, or a host linking its own OpenJPEG would get one implementation for both.
+    let others: BTreeSet<String> = String::from_utf8_lossy(&nm)
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(2))
+        .filter(|s| !s.starts_with("medpatch_"))
+        .map(|s| if s.starts_with("opj_") { "opj_* (OpenJPEG)".to_string() } else { s.to_string() })
+        .collect();
+    assert!(others.is_empty(), "{} exports more than medpatch_*: {others:?}", library.display());
     assert!(declared.len() >= 35, "{declared:?}");
 
     let version: Vec<String> = ["MAJOR", "MINOR", "PATCH"]
@@ -216,4 +225,58 @@ fn examples_build_through_find_package_and_pkg_config_and_agree_with_the_cli() {
     let report: serde_json::Value = serde_json::from_slice(out.stdout.trim_ascii()).unwrap();
     assert_eq!(report["failures"], 0, "{report}");
     assert!(report["checks"].as_i64().unwrap() >= 45, "{report}");
+}
+
+/// A host that links the system's OpenJPEG beside libmedpatch (ffi/tests/c/openjpeg_beside.c)
+/// decodes a JPEG 2000 DICOM through medpatch to the same logits as `medpatch predict`.
+#[test]
+fn a_host_with_its_own_openjpeg_decodes_jpeg_2000_through_medpatch() {
+    let root = repo();
+    let cxr = root.join("../shared/data/cxr");
+    if !cxr.is_dir() {
+        eprintln!("skipped: {} is absent (the JPEG 2000 DICOM is made from its X-rays)", cxr.display());
+        return;
+    }
+    let scratch = profile_dir().join("ffi-openjpeg");
+    let _ = std::fs::remove_dir_all(&scratch);
+    std::fs::create_dir_all(&scratch).unwrap();
+    let python = std::env::var_os("MEDPATCH_PYTHON").map_or_else(|| root.join(".venv/bin/python"), PathBuf::from);
+    run(Command::new(&python)
+        .arg(root.join("tests/python/make_dicom_variants.py"))
+        .arg("--cxr")
+        .arg(&cxr)
+        .arg("--out")
+        .arg(&scratch)
+        .args(["--side", "96"]));
+    let dicom = scratch.join("j2k_lossless_u16.dcm");
+    let openjpeg = |what: &str| -> Vec<String> {
+        let out = run(Command::new("pkg-config").args([what, "libopenjp2"]));
+        String::from_utf8_lossy(&out.stdout).split_whitespace().map(String::from).collect()
+    };
+    let program = scratch.join("openjpeg_beside");
+    // The system OpenJPEG first on the command line: were libmedpatch to export opj_*, the host's
+    // library would come first in symbol lookup and serve medpatch's calls too.
+    run(Command::new("cc")
+        .args(["-std=c11", "-Wall", "-Wextra", "-Werror"])
+        .arg(root.join("ffi/tests/c/openjpeg_beside.c"))
+        .arg(format!("-I{}", root.join("ffi/include").display()))
+        .args(openjpeg("--cflags"))
+        .args(["-Wl,--no-as-needed"])
+        .args(openjpeg("--libs"))
+        .arg(format!("-L{}", profile_dir().display()))
+        .arg("-lmedpatch")
+        .arg(format!("-Wl,-rpath,{}", profile_dir().display()))
+        .arg("-o")
+        .arg(&program));
+    let ldd = String::from_utf8_lossy(&run(Command::new("ldd").arg(&program)).stdout).into_owned();
+    assert!(ldd.contains("libopenjp2.so") && ldd.contains("libmedpatch.so"), "both libraries are loaded:\n{ldd}");
+    let out = run(Command::new(&program).arg(&dicom));
+    let record: serde_json::Value = serde_json::from_slice(out.stdout.trim_ascii()).unwrap();
+    let logits: Vec<f64> = record["logits"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+    let exe = profile_dir().join("medpatch");
+    let cli = run(Command::new(exe).args(["predict", "--quiet", "--provider", "tract"]).arg(&dicom));
+    let cli: serde_json::Value = serde_json::from_slice(cli.stdout.trim_ascii()).unwrap();
+    let cli_logits: Vec<f64> = cli["logits"].as_object().unwrap().values().map(|v| v.as_f64().unwrap()).collect();
+    eprintln!("system OpenJPEG {} beside libmedpatch", record["system_openjpeg"]);
+    assert_close("JPEG 2000 DICOM through libmedpatch beside the system OpenJPEG", &logits, &cli_logits);
 }

@@ -8,5 +8,5 @@ fuzz_target!(|data: &[u8]| {
     // cannot unwind into libFuzzer), so panics across the library boundary are still found.
     static QUIET: std::sync::Once = std::sync::Once::new();
     QUIET.call_once(|| std::panic::set_hook(Box::new(|_| {})));
-    let _ = medpatch_decode_shim::decode::decode_bytes(data, "fuzz.dcm");
+    let _ = medpatch_decode::decode_bytes(data, "fuzz.dcm");
 });

@@ -12,5 +12,5 @@ fuzz_target!(|data: &[u8]| {
     let mut input = vec![0u8; 128];
     input.extend_from_slice(b"DICM");
     input.extend_from_slice(data.get(132..).unwrap_or_default());
-    let _ = medpatch_decode_shim::decode::decode_bytes(&input, "fuzz.dcm");
+    let _ = medpatch_decode::decode_bytes(&input, "fuzz.dcm");
 });

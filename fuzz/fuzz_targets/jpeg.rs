@@ -10,5 +10,5 @@ fuzz_target!(|data: &[u8]| {
     QUIET.call_once(|| std::panic::set_hook(Box::new(|_| {})));
     let mut input = vec![0xFF, 0xD8, 0xFF];
     input.extend_from_slice(data.get(3..).unwrap_or_default());
-    let _ = medpatch_decode_shim::decode::decode_bytes(&input, "fuzz.jpg");
+    let _ = medpatch_decode::decode_bytes(&input, "fuzz.jpg");
 });

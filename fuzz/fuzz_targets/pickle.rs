@@ -3,5 +3,5 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let _ = medpatch_weights_shim::pickle::parse(data);
+    let _ = medpatch_weights::pickle::parse(data);
 });

@@ -10,5 +10,5 @@ fuzz_target!(|data: &[u8]| {
     QUIET.call_once(|| std::panic::set_hook(Box::new(|_| {})));
     let mut input = b"\x89PNG\r\n\x1a\n".to_vec();
     input.extend_from_slice(data.get(8..).unwrap_or_default());
-    let _ = medpatch_decode_shim::decode::decode_bytes(&input, "fuzz.png");
+    let _ = medpatch_decode::decode_bytes(&input, "fuzz.png");
 });

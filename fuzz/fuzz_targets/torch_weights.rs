@@ -3,5 +3,5 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let _ = medpatch_weights_shim::weights::load_bytes(data, "fuzz.pt");
+    let _ = medpatch_weights::weights::load_bytes(data, "fuzz.pt");
 });

@@ -43,6 +43,10 @@ pub mod keys {
     pub const SOURCE: &str = "medpatch.source";
     /// Optional: the patch logit that saturates the overlay's colours (see [`super::ModelMetadata::overlay_logit_range`]).
     pub const OVERLAY_LOGIT_RANGE: &str = "medpatch.overlay_logit_range";
+    /// Optional: per-class probability thresholds, a JSON object `{"class": p, …}` naming every
+    /// class (e.g. the Youden thresholds of `medpatch evaluate`); DICOM results call a finding
+    /// present at its threshold (see [`super::ModelMetadata::thresholds`]).
+    pub const THRESHOLDS: &str = "medpatch.thresholds";
 }
 
 /// The paper's overlay colour range, in logits: its maps are stored as `(clip(z, ±200) + 200) / 400`
@@ -51,6 +55,106 @@ pub mod keys {
 pub const PAPER_OVERLAY_LOGIT_RANGE: f32 = 80.0;
 /// The largest range the stored maps can express (they clip logits at ±200).
 pub const MAX_OVERLAY_LOGIT_RANGE: f32 = 200.0;
+
+/// Largest preprocessed image side a model may declare. The paper's is 512; per-image maps cost
+/// `classes × side²` floats (128 × 1024² × 4 bytes = 512 MiB at the limits), so a model file
+/// cannot make every prediction allocate gigabytes.
+pub const MAX_IMAGE_SIZE: u32 = 1024;
+/// Most patches per image side (the paper's grid is 8: 64-pixel patches of a 512 image).
+pub const MAX_GRID: u32 = 64;
+/// Most classes a model may declare (CheXpert has 14, NIH ChestX-ray14 15).
+pub const MAX_CLASSES: usize = 128;
+/// Longest class name, in bytes.
+pub const MAX_CLASS_NAME_BYTES: usize = 64;
+
+/// Why a patch and image size are not usable, if they are not: positive, the patch dividing the
+/// image, within [`MAX_IMAGE_SIZE`] and [`MAX_GRID`].
+pub fn check_geometry(patch_size: u32, image_size: u32) -> Result<(), String> {
+    if patch_size == 0 || image_size == 0 {
+        return Err(format!("patch size {patch_size} and image size {image_size} must be positive"));
+    }
+    if image_size > MAX_IMAGE_SIZE {
+        return Err(format!("image size {image_size} is over the limit of {MAX_IMAGE_SIZE}"));
+    }
+    if !image_size.is_multiple_of(patch_size) {
+        return Err(format!("the image size {image_size} is not a multiple of the patch size {patch_size}"));
+    }
+    if image_size / patch_size > MAX_GRID {
+        return Err(format!(
+            "{0}/{patch_size} = {1} patches per side is over the limit of {MAX_GRID}",
+            image_size,
+            image_size / patch_size
+        ));
+    }
+    Ok(())
+}
+
+/// Why a list of class names is not usable, if it is not. Names are how users choose classes
+/// (matched without regard to ASCII case), how JSON results are keyed and how output files are
+/// named, so each must be non-empty, printable, at most [`MAX_CLASS_NAME_BYTES`] long, and unique
+/// without regard to case; at most [`MAX_CLASSES`] of them.
+pub fn check_classes<S: AsRef<str>>(classes: &[S]) -> Result<(), String> {
+    if classes.is_empty() {
+        return Err("no classes".into());
+    }
+    if classes.len() > MAX_CLASSES {
+        return Err(format!("{} classes, over the limit of {MAX_CLASSES}", classes.len()));
+    }
+    let mut seen = std::collections::HashMap::new();
+    for (i, name) in classes.iter().enumerate() {
+        let name = name.as_ref();
+        if name.trim().is_empty() {
+            return Err(format!("class {i} has an empty name"));
+        }
+        if name.len() > MAX_CLASS_NAME_BYTES {
+            return Err(format!(
+                "class {i} ({}) is {} bytes long, over the limit of {MAX_CLASS_NAME_BYTES}",
+                shorten(name),
+                name.len()
+            ));
+        }
+        if name.chars().any(char::is_control) || name != name.trim() {
+            return Err(format!("class {i} ({name:?}) has control characters or surrounding spaces"));
+        }
+        if let Some(first) = seen.insert(name.to_lowercase(), i) {
+            return Err(format!(
+                "classes {first} and {i} are both named {:?} (names must differ in more than case)",
+                classes[first].as_ref()
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Classes' names for file names: lower-case ASCII letters and digits, other characters as `_`;
+/// names that would still collide (`A+B`, `A-B`) get their class index appended, so each class
+/// has its own file.
+pub fn class_file_names<S: AsRef<str>>(classes: &[S]) -> Vec<String> {
+    let safe: Vec<String> = classes
+        .iter()
+        .map(|c| {
+            c.as_ref().chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' }).collect()
+        })
+        .collect();
+    safe.iter()
+        .enumerate()
+        .map(
+            |(i, name)| {
+                if safe.iter().filter(|n| *n == name).count() > 1 { format!("{name}_{i}") } else { name.clone() }
+            },
+        )
+        .collect()
+}
+
+/// A value for an error message: whole if short, else its start and its length.
+pub fn shorten(value: &str) -> String {
+    const KEEP: usize = 120;
+    if value.len() <= KEEP {
+        return value.to_string();
+    }
+    let end = (0..=KEEP).rev().find(|&i| value.is_char_boundary(i)).unwrap_or(0);
+    format!("{}… ({} bytes)", &value[..end], value.len())
+}
 
 /// Why an overlay range is not usable, if it is not: positive, finite, at most ±200 logits.
 pub fn check_overlay_logit_range(range: f32) -> Result<f32, String> {
@@ -74,6 +178,7 @@ pub enum ContractError {
     UnsupportedVersion { found: String },
     #[error("the model's metadata key '{key}' is missing")]
     Missing { key: &'static str },
+    /// `value` is [`shorten`]ed: a metadata string can be megabytes long.
     #[error("the model's metadata key '{key}' has an invalid value '{value}': {problem}")]
     Invalid { key: &'static str, value: String, problem: String },
 }
@@ -123,6 +228,9 @@ pub struct ModelMetadata {
     /// The patch logit at which the overlay's colours saturate, calibrated for this model (on
     /// validation patches, when it was exported); `None`: the paper's ±80.
     pub overlay_logit_range: Option<f32>,
+    /// Per-class probability thresholds in class order, each in (0, 1): a finding is called
+    /// present when its probability is at least its threshold. `None`: the model has none.
+    pub thresholds: Option<Vec<f32>>,
 }
 
 impl ModelMetadata {
@@ -137,6 +245,7 @@ impl ModelMetadata {
             source_sha256: String::new(),
             source: String::new(),
             overlay_logit_range: None,
+            thresholds: None,
         }
     }
 
@@ -170,6 +279,11 @@ impl ModelMetadata {
         if let Some(range) = self.overlay_logit_range {
             props.push((keys::OVERLAY_LOGIT_RANGE.into(), range.to_string()));
         }
+        if let Some(thresholds) = &self.thresholds {
+            let object: serde_json::Map<String, serde_json::Value> =
+                self.classes.iter().cloned().zip(thresholds.iter().map(|&t| serde_json::json!(t))).collect();
+            props.push((keys::THRESHOLDS.into(), serde_json::Value::Object(object).to_string()));
+        }
         props
     }
 
@@ -182,7 +296,7 @@ impl ModelMetadata {
         let get = |key: &'static str| props.get(key).copied().ok_or(ContractError::Missing { key });
         let invalid = |key: &'static str, value: &str, problem: String| ContractError::Invalid {
             key,
-            value: value.to_string(),
+            value: shorten(value),
             problem,
         };
         let positive = |key: &'static str| -> Result<u32, ContractError> {
@@ -195,9 +309,7 @@ impl ModelMetadata {
         let classes_text = get(keys::CLASSES)?;
         let classes: Vec<String> = serde_json::from_str(classes_text)
             .map_err(|e| invalid(keys::CLASSES, classes_text, format!("expected a JSON list of names ({e})")))?;
-        if classes.is_empty() {
-            return Err(invalid(keys::CLASSES, classes_text, "no classes".into()));
-        }
+        check_classes(&classes).map_err(|problem| invalid(keys::CLASSES, classes_text, problem))?;
         let input_text = get(keys::INPUT)?;
         let input: InputConvention =
             serde_json::from_str(input_text).map_err(|e| invalid(keys::INPUT, input_text, e.to_string()))?;
@@ -210,15 +322,17 @@ impl ModelMetadata {
         }
         let patch_size = positive(keys::PATCH_SIZE)?;
         let image_size = positive(keys::IMAGE_SIZE)?;
-        if image_size % patch_size != 0 {
-            return Err(invalid(
-                keys::PATCH_SIZE,
-                &patch_size.to_string(),
-                format!("the image size {image_size} is not a multiple of it"),
-            ));
-        }
+        check_geometry(patch_size, image_size)
+            .map_err(|problem| invalid(keys::IMAGE_SIZE, &image_size.to_string(), problem))?;
+        let thresholds = match props.get(keys::THRESHOLDS) {
+            None => None,
+            Some(text) => {
+                Some(parse_thresholds(text, &classes).map_err(|problem| invalid(keys::THRESHOLDS, text, problem))?)
+            }
+        };
         let metadata = Self {
             format_version: FORMAT_VERSION,
+            thresholds,
             classes,
             patch_size,
             image_size,
@@ -246,6 +360,23 @@ impl ModelMetadata {
     }
 }
 
+/// `{"class": probability, …}` with every class once and each value in (0, 1), in class order.
+fn parse_thresholds(text: &str, classes: &[String]) -> Result<Vec<f32>, String> {
+    let object: BTreeMap<String, f64> =
+        serde_json::from_str(text).map_err(|e| format!("expected a JSON object of class: probability ({e})"))?;
+    if let Some(unknown) = object.keys().find(|k| !classes.contains(k)) {
+        return Err(format!("'{}' is not one of the model's classes", shorten(unknown)));
+    }
+    classes
+        .iter()
+        .map(|class| match object.get(class) {
+            Some(&t) if t > 0.0 && t < 1.0 => Ok(t as f32),
+            Some(t) => Err(format!("the threshold of {class} is {t}, not a probability in (0, 1)")),
+            None => Err(format!("no threshold for {class}: name every class")),
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -263,6 +394,32 @@ mod tests {
         let props = m.to_props();
         let back = ModelMetadata::from_props(props.iter().map(|(k, v)| (k.as_str(), v.as_str()))).unwrap();
         assert_eq!(back.overlay_logit_range(), 3.25);
+    }
+
+    #[test]
+    fn thresholds_round_trip_and_bad_ones_are_refused() {
+        let mut m = ModelMetadata::new("x", 64, 512, ModelMetadata::default_classes());
+        m.thresholds = Some((0..14).map(|i| 0.05 + i as f32 * 0.06).collect());
+        let props = m.to_props();
+        let text = &props.iter().find(|(k, _)| k == keys::THRESHOLDS).unwrap().1;
+        assert!(text.starts_with("{\"No Finding\":0.05"), "{text}");
+        let back = ModelMetadata::from_props(props.iter().map(|(k, v)| (k.as_str(), v.as_str()))).unwrap();
+        assert_eq!(back, m);
+        let names = r#""No Finding":0.5,"Enlarged Cardiomediastinum":0.5,"Cardiomegaly":0.5,"Lung Opacity":0.5,"Lung Lesion":0.5,"Edema":0.5,"Consolidation":0.5,"Pneumonia":0.5,"Atelectasis":0.5,"Pneumothorax":0.5,"Pleural Effusion":0.5,"Pleural Other":0.5,"Fracture":0.5"#;
+        for (bad, problem) in [
+            ("[0.5]", "expected a JSON object"),
+            (&format!("{{{names}}}") as &str, "no threshold for Support Devices"),
+            (&format!("{{{names},\"Support Devices\":1.0}}"), "not a probability"),
+            (&format!("{{{names},\"Support Devices\":0.5,\"Other\":0.5}}"), "'Other' is not one of"),
+        ] {
+            let mut props = ModelMetadata::new("x", 64, 512, ModelMetadata::default_classes()).to_props();
+            props.push((keys::THRESHOLDS.into(), bad.into()));
+            let err = ModelMetadata::from_props(props.iter().map(|(k, v)| (k.as_str(), v.as_str()))).unwrap_err();
+            assert!(
+                err.to_string().contains("medpatch.thresholds") && err.to_string().contains(problem),
+                "{bad}: {err}"
+            );
+        }
     }
 
     #[test]
@@ -288,5 +445,52 @@ mod tests {
         props.iter_mut().find(|(k, _)| k == keys::PATCH_SIZE).unwrap().1 = "60".into();
         let err = ModelMetadata::from_props(props.iter().map(|(k, v)| (k.as_str(), v.as_str()))).unwrap_err();
         assert!(err.to_string().contains("not a multiple"), "{err}");
+    }
+
+    fn read_with(key: &str, value: &str) -> Result<ModelMetadata, ContractError> {
+        let mut props = ModelMetadata::new("x", 64, 512, ModelMetadata::default_classes()).to_props();
+        props.retain(|(k, _)| k != keys::GRID);
+        props.iter_mut().find(|(k, _)| k == key).unwrap().1 = value.into();
+        ModelMetadata::from_props(props.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+    }
+
+    #[test]
+    fn refuses_geometry_that_would_allocate_gigabytes() {
+        let err = read_with(keys::IMAGE_SIZE, "16384").unwrap_err().to_string();
+        assert!(err.contains("image size 16384 is over the limit of 1024"), "{err}");
+        let err = read_with(keys::PATCH_SIZE, "4").unwrap_err().to_string();
+        assert!(err.contains("512/4 = 128 patches per side is over the limit of 64"), "{err}");
+        assert!(check_geometry(8, 512).is_ok(), "64 per side is the limit, allowed");
+        assert!(check_geometry(4, 512).unwrap_err().contains("128 patches per side"));
+        assert!(check_geometry(64, 1024).is_ok() && check_geometry(0, 512).is_err());
+    }
+
+    #[test]
+    fn refuses_class_names_that_repeat_are_empty_or_absurd() {
+        for (classes, expected) in [
+            (r#"["Edema","Edema"]"#, "classes 0 and 1 are both named \"Edema\""),
+            (r#"["Pleural Effusion","pleural effusion"]"#, "names must differ in more than case"),
+            (r#"["Edema",""]"#, "class 1 has an empty name"),
+            (r#"["Edema","  "]"#, "class 1 has an empty name"),
+            (r#"["Ede\nma"]"#, "control characters"),
+            ("[]", "no classes"),
+        ] {
+            let err = read_with(keys::CLASSES, classes).unwrap_err().to_string();
+            assert!(err.contains(expected), "{classes}: {err}");
+        }
+        let many: Vec<String> = (0..=MAX_CLASSES).map(|i| format!("c{i}")).collect();
+        assert!(check_classes(&many).unwrap_err().contains("over the limit of 128"));
+        let long = format!("[{:?}]", "x".repeat(10_000_000));
+        let err = read_with(keys::CLASSES, &long).unwrap_err().to_string();
+        assert!(err.len() < 500, "a 10 MB value is echoed whole ({} bytes)", err.len());
+        assert!(err.contains("(10000004 bytes)"), "{}", &err[..200]);
+    }
+
+    #[test]
+    fn class_file_names_are_safe_and_distinct() {
+        assert_eq!(class_file_names(&["Pleural Effusion", "No Finding"]), ["pleural_effusion", "no_finding"]);
+        assert_eq!(class_file_names(&["A+B", "A-B", "C"]), ["a_b_0", "a_b_1", "c"]);
+        assert_eq!(shorten("short"), "short");
+        assert!(shorten(&"é".repeat(100)).ends_with("… (200 bytes)"));
     }
 }

@@ -10,6 +10,9 @@ pub mod weights;
 
 pub use arch::{ArchConfig, ArchError, BlockKind, BlockSpec, LayerSpec, StageConfig};
 pub use contract::{CHEXPERT_CLASSES, ContractError, InputConvention, ModelMetadata};
-pub use io::write_atomically;
+pub use io::{
+    MAX_DATA_FILE_BYTES, ReadError, check_output_path, check_regular_file, read_regular_file, read_regular_text,
+    write_atomically,
+};
 pub use rng::Rng;
 pub use weights::WeightProblems;

@@ -336,7 +336,7 @@ pub fn run(args: EvaluateArgs) -> Result<ExitCode> {
 }
 
 fn read_ground_truth(path: &Path) -> Result<BTreeMap<String, Value>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let text = medpatch_models::read_regular_text(path).with_context(|| format!("cannot read {}", path.display()))?;
     let value: Value = serde_json::from_str(&text).with_context(|| format!("{}: not JSON", path.display()))?;
     let Value::Object(map) = value else {
         bail!("{}: expected CheXlocalize's {{image id: {{task: RLE}}}} object", path.display())
@@ -525,7 +525,7 @@ fn score_from_predictions(
     skipped: &mut Vec<Skipped>,
     notes: &mut Vec<String>,
 ) -> Result<(String, Vec<String>)> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let text = medpatch_models::read_regular_text(path).with_context(|| format!("cannot read {}", path.display()))?;
     let mut records: Vec<Value> = Vec::new();
     for (line, row) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
         records.push(
@@ -613,6 +613,15 @@ fn score_from_predictions(
         if let Some(c) = scores.iter().position(|s| !s.is_finite()) {
             skip(skipped, &case.record.path, "all", format!("no probability for '{}'", classes[c]));
             continue;
+        }
+        if let Some(c) = scores.iter().position(|s| !(0.0..=1.0).contains(s)) {
+            bail!(
+                "{}: the prediction for {} gives '{}' the probability {}, outside [0, 1]: not medpatch predict's output",
+                path.display(),
+                case.record.path,
+                classes[c],
+                scores[c]
+            );
         }
         case.scores = Some(scores);
         let Some(loc) = localization.as_deref_mut() else { continue };

@@ -86,7 +86,10 @@ pub fn run(args: ExportArgs) -> Result<ExitCode> {
 /// Export once to a scratch file beside the output, run it on the calibration images, and return
 /// the range their patch logits call for. The scratch file is removed whatever happens.
 fn calibrate_overlay(options: &ExportOptions, inputs: &[PathBuf]) -> Result<f32> {
-    let (files, problems) = super::inputs::collect(inputs);
+    let super::inputs::Collected { files, problems, notes } = super::inputs::collect(inputs);
+    for note in notes {
+        eprintln!("medpatch: warning: {note}");
+    }
     if let Some((path, problem)) = problems.first() {
         bail!("cannot calibrate the overlay range on {}: {problem}", path.display());
     }

@@ -1,8 +1,12 @@
 pub mod bench;
+pub mod dicom_node;
+pub mod dicom_results;
 pub mod evaluate;
 pub mod export;
 pub mod inputs;
 pub mod predict;
+#[cfg(feature = "serve")]
+pub mod serve;
 
 use anyhow::Result;
 use clap::Args;

@@ -31,6 +31,10 @@ pub struct PredictArgs {
     /// Write per image: the JSON result, the raw maps (.npy), and overlay PNGs.
     #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
+    /// For DICOM inputs, write DICOM results here: a TID 1500 SR, a segmentation of the patch
+    /// maps and overlay images, in the source's study (see docs/dicom.md).
+    #[arg(long, value_name = "DIR")]
+    dicom_out: Option<PathBuf>,
     /// Classes to draw overlays for: comma-separated names, or `all`. Default: those above 0.5.
     #[arg(long, value_delimiter = ',')]
     classes: Option<Vec<String>>,
@@ -60,7 +64,20 @@ enum MapChoice {
 }
 
 pub fn run(args: PredictArgs) -> Result<ExitCode> {
-    let (files, mut failures) = inputs::collect(&args.inputs);
+    if args.out.is_none() && stdout_is_discarded() {
+        // A program started with standard output closed (`>&-`) gets /dev/null there from Rust's
+        // runtime: every result would be lost while the exit code said success.
+        eprintln!(
+            "medpatch: error: standard output is closed or /dev/null and there is no --out DIR, so every \
+             result would be lost; redirect it (> results.jsonl) or pass --out DIR"
+        );
+        return Ok(exit::usage());
+    }
+    let inputs::Collected { files, problems, notes } = inputs::collect(&args.inputs);
+    for note in &notes {
+        eprintln!("medpatch: warning: {note}");
+    }
+    let mut failures = problems;
     let total = files.len() + failures.len();
     for (path, problem) in &failures {
         eprintln!("medpatch: error: {}: {problem}", path.display());
@@ -107,12 +124,11 @@ pub fn run(args: PredictArgs) -> Result<ExitCode> {
     }
     let overlay_logit_range = args.overlay_range.unwrap_or_else(|| model.metadata.overlay_logit_range());
 
-    let stdout = std::io::stdout();
-    let mut out = stdout.lock();
-    if let Format::Csv = args.format {
-        let header: Vec<String> =
-            std::iter::once("filename".to_string()).chain(classes.iter().map(|c| csv_field(c))).collect();
-        writeln!(out, "{}", header.join(","))?;
+    let class_file_names = medpatch_models::contract::class_file_names(classes);
+
+    let mut out = Sink::new(args.format, std::io::stdout().lock(), classes)?;
+    for (path, problem) in &failures {
+        out.error(path, problem)?;
     }
     let progress = progress_bar(files.len(), args.quiet);
     let mut used_names = HashSet::new();
@@ -124,45 +140,44 @@ pub fn run(args: PredictArgs) -> Result<ExitCode> {
             let mut record = record(&engine, path, &prediction);
             if let Some(dir) = &args.out {
                 let stem = unique_stem(path, &mut used_names);
-                let written = write_outputs(
-                    &engine,
+                let outputs = Outputs {
                     dir,
-                    &stem,
-                    &record,
-                    &prediction,
-                    map_kind,
-                    chosen_classes.as_deref(),
-                    args.shift_steps,
+                    stem: &stem,
+                    kind: map_kind,
+                    chosen: chosen_classes.as_deref(),
+                    class_file_names: &class_file_names,
+                    shift_steps: args.shift_steps,
                     overlay_logit_range,
-                )
-                .map_err(|e| format!("cannot write outputs: {e:#}"))?;
+                };
+                let written = outputs
+                    .write(&engine, &record, &prediction)
+                    .map_err(|e| format!("{}: cannot write outputs: {e:#}", path.display()))?;
                 record["outputs"] = written;
+            }
+            if let Some(dir) = &args.dicom_out {
+                record["dicom_outputs"] = super::dicom_results::write(
+                    &engine,
+                    path,
+                    &prediction,
+                    dir,
+                    chosen_classes.as_deref(),
+                    overlay_logit_range,
+                )?;
             }
             Ok(record)
         });
         match outcome {
-            Ok(record) => match args.format {
-                Format::Jsonl => writeln!(out, "{record}")?,
-                Format::Csv => {
-                    let probs = &record["probabilities"];
-                    let row: Vec<String> = std::iter::once(csv_field(&path.display().to_string()))
-                        .chain(classes.iter().map(|c| format!("{:.6}", probs[c].as_f64().unwrap_or(f64::NAN))))
-                        .collect();
-                    writeln!(out, "{}", row.join(","))?
-                }
-            },
+            Ok(record) => out.result(path, &record)?,
             Err(problem) => {
                 progress.suspend(|| eprintln!("medpatch: error: {problem}"));
-                if let Format::Jsonl = args.format {
-                    writeln!(out, "{}", json!({ "input": path.display().to_string(), "error": problem }))?;
-                }
+                out.error(path, &problem)?;
                 failures.push((path.clone(), problem));
             }
         }
         progress.inc(1);
         Ok(())
     })?;
-    out.flush()?;
+    out.finish()?;
     progress.finish_and_clear();
     if failures.is_empty() {
         Ok(ExitCode::SUCCESS)
@@ -204,36 +219,112 @@ pub fn report_engine(engine: &Engine) {
     }
 }
 
+/// Does standard output lead nowhere? Closed (`>&-`: Rust's runtime reopens descriptor 1 on
+/// /dev/null before `main`, so the two cannot be told apart) or /dev/null.
+fn stdout_is_discarded() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let same = |a: &std::fs::Metadata, b: &std::fs::Metadata| a.dev() == b.dev() && a.ino() == b.ino();
+    match (std::fs::metadata("/proc/self/fd/1"), std::fs::metadata("/dev/null")) {
+        (Ok(out), Ok(null)) => same(&out, &null),
+        (Err(_), _) => true,
+        _ => false,
+    }
+}
+
+/// The input's name for JSON: the path as text, and where the path is not UTF-8 (which JSON
+/// cannot carry exactly) its bytes in hex as well, so two such names never read the same.
+fn input_fields(path: &Path) -> Map<String, Value> {
+    let mut fields = Map::new();
+    fields.insert("input".into(), json!(path.display().to_string()));
+    if path.to_str().is_none() {
+        use std::os::unix::ffi::OsStrExt;
+        let hex: String = path.as_os_str().as_bytes().iter().map(|b| format!("{b:02x}")).collect();
+        fields.insert("input_hex".into(), json!(hex));
+    }
+    fields
+}
+
+/// Where results go on standard output: JSON Lines (a line per input, errors included) or CSV (a
+/// row per predicted input, quoted by the `csv` crate; errors only on stderr).
+enum Sink<'a, W: Write> {
+    Jsonl(W),
+    Csv { writer: Box<csv::Writer<W>>, classes: &'a [String] },
+}
+
+impl<'a, W: Write> Sink<'a, W> {
+    fn new(format: Format, out: W, classes: &'a [String]) -> Result<Self> {
+        Ok(match format {
+            Format::Jsonl => Sink::Jsonl(out),
+            Format::Csv => {
+                let mut writer = csv::Writer::from_writer(out);
+                writer.write_record(std::iter::once("filename").chain(classes.iter().map(String::as_str)))?;
+                Sink::Csv { writer: Box::new(writer), classes }
+            }
+        })
+    }
+
+    fn result(&mut self, path: &Path, record: &Value) -> Result<()> {
+        match self {
+            Sink::Jsonl(out) => writeln!(out, "{record}")?,
+            Sink::Csv { writer, classes } => {
+                let probabilities = &record["probabilities"];
+                let row = std::iter::once(path.display().to_string())
+                    .chain(classes.iter().map(|c| format!("{:.6}", probabilities[c].as_f64().unwrap_or(f64::NAN))));
+                writer.write_record(row)?;
+                // A row at a time, as JSON Lines are: a reader sees each result when it is ready.
+                writer.flush()?;
+            }
+        }
+        Ok(())
+    }
+
+    fn error(&mut self, path: &Path, problem: &str) -> Result<()> {
+        if let Sink::Jsonl(out) = self {
+            let mut fields = input_fields(path);
+            fields.insert("error".into(), json!(problem));
+            writeln!(out, "{}", Value::Object(fields))?;
+        }
+        Ok(())
+    }
+
+    fn finish(self) -> Result<()> {
+        match self {
+            Sink::Jsonl(mut out) => out.flush()?,
+            Sink::Csv { mut writer, .. } => writer.flush()?,
+        }
+        Ok(())
+    }
+}
+
+/// The input fields, then the engine's record of the prediction (shared with `medpatch serve`'s
+/// `/v1/predict`, so that the two cannot drift apart).
 fn record(engine: &Engine, path: &Path, p: &Prediction) -> Value {
-    let classes = &engine.model().metadata.classes;
-    let per_class = |values: &[f32]| -> Value {
-        Value::Object(classes.iter().zip(values).map(|(c, &v)| (c.clone(), json!(round6(v)))).collect::<Map<_, _>>())
-    };
-    json!({
-        "input": path.display().to_string(),
-        "model": engine.model().origin.to_string(),
-        "provider": p.provider,
-        "precision": engine.precision(),
-        "probabilities": per_class(&p.probabilities),
-        "logits": per_class(&p.logits),
-        "timings_ms": p.timings,
-    })
+    let mut record = input_fields(path);
+    if let Ok(Value::Object(rest)) = serde_json::to_value(medpatch_engine::report::PredictionRecord::new(engine, p)) {
+        record.extend(rest);
+    }
+    Value::Object(record)
 }
 
-fn round6(v: f32) -> f64 {
-    (v as f64 * 1e6).round() / 1e6
-}
+/// Longest stem of an output file name, in bytes: file systems allow 255 per name, and the longest
+/// suffix is a class's file name (at most 64 bytes, `class_file_names` may add `_127`) plus
+/// `.map.png`.
+const MAX_STEM_BYTES: usize = 160;
 
-fn csv_field(text: &str) -> String {
-    if text.contains([',', '"', '\n']) { format!("\"{}\"", text.replace('"', "\"\"")) } else { text.to_string() }
-}
-
-/// A file-name stem for an input's outputs, made unique when two inputs share one.
+/// A file-name stem for an input's outputs: its file stem, shortened (with a digest of the whole
+/// stem, so long names stay distinct) to [`MAX_STEM_BYTES`], and made unique when two inputs
+/// share one (without regard to case: some file systems ignore it).
 fn unique_stem(path: &Path, used: &mut HashSet<String>) -> String {
-    let base = path.file_stem().map_or_else(|| "image".to_string(), |s| s.to_string_lossy().into_owned());
+    let mut base = path.file_stem().map_or_else(|| "image".to_string(), |s| s.to_string_lossy().into_owned());
+    if base.len() > MAX_STEM_BYTES {
+        use sha2::Digest;
+        let digest: String = sha2::Sha256::digest(base.as_bytes())[..4].iter().map(|b| format!("{b:02x}")).collect();
+        let cut = (0..=MAX_STEM_BYTES - 9).rev().find(|&i| base.is_char_boundary(i)).unwrap_or(0);
+        base = format!("{}-{digest}", &base[..cut]);
+    }
     let mut stem = base.clone();
     let mut n = 2;
-    while !used.insert(stem.clone()) {
+    while !used.insert(stem.to_lowercase()) {
         stem = format!("{base}-{n}");
         n += 1;
     }
@@ -245,71 +336,84 @@ pub(crate) fn overlay_range(text: &str) -> Result<f32, String> {
     text.parse::<f32>().map_err(|e| e.to_string()).and_then(medpatch_models::contract::check_overlay_logit_range)
 }
 
-fn file_safe(class: &str) -> String {
-    class.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' }).collect()
-}
-
-/// Per image: `<stem>.json`, `<stem>.patch_logits.npy` ([grid, grid, classes], raw logits),
-/// `<stem>.dense_S.npy` ([classes, side, side], with --shift-steps), `<stem>.input.png`, and for
-/// each chosen class `<stem>.<class>.png` (overlay) and `<stem>.<class>.map.png` (16-bit,
-/// normalised map). Every file is written whole or not at all.
-#[allow(clippy::too_many_arguments)]
-fn write_outputs(
-    engine: &Engine,
-    dir: &Path,
-    stem: &str,
-    record: &Value,
-    p: &Prediction,
+/// What `--out` writes for one image, and how.
+struct Outputs<'a> {
+    dir: &'a Path,
+    stem: &'a str,
     kind: MapKind,
-    chosen: Option<&[usize]>,
+    /// Classes to draw (default: those above 0.5).
+    chosen: Option<&'a [usize]>,
+    class_file_names: &'a [String],
     shift_steps: Option<usize>,
     overlay_logit_range: f32,
-) -> Result<Value> {
-    let model = engine.model();
-    let classes = &model.metadata.classes;
-    let (grid, side, c) = (model.grid(), model.image_size(), classes.len());
-    let mut written = Map::new();
-    let mut put = |key: &str, name: String, bytes: &[u8]| -> Result<()> {
-        let path = dir.join(&name);
-        medpatch_models::write_atomically(&path, bytes).with_context(|| format!("{}", path.display()))?;
-        written.insert(key.to_string(), json!(path.display().to_string()));
-        Ok(())
-    };
-    put("patch_logits", format!("{stem}.patch_logits.npy"), &render::npy_f32(&[grid, grid, c], &p.patch_logits))?;
-    put("input", format!("{stem}.input.png"), &render::png_gray8(&p.image)?)?;
-    let map = match shift_steps {
-        Some(s) => {
-            let dense = engine.dense_map(&p.image, s)?;
-            put("dense_map", format!("{stem}.dense_{s}.npy"), &render::npy_f32(&[c, side, side], &dense.values))?;
-            let mut values = dense.values;
-            explain::apply_map_kind(&mut values, &p.logits, kind);
-            values
+}
+
+impl Outputs<'_> {
+    /// Per image: `<stem>.json`, `<stem>.patch_logits.npy` ([grid, grid, classes], raw logits),
+    /// `<stem>.dense_S.npy` ([classes, side, side], with --shift-steps), `<stem>.input.png`, and for
+    /// each chosen class `<stem>.<class>.png` (overlay) and `<stem>.<class>.map.png` (16-bit,
+    /// normalised map). Every file is written whole or not at all, and the set too: when one file
+    /// cannot be written (a full disk), those already written for this image are removed.
+    fn write(&self, engine: &Engine, record: &Value, p: &Prediction) -> Result<Value> {
+        let mut written = Vec::new();
+        let result = self.write_all(engine, record, p, &mut written);
+        if result.is_err() {
+            for path in &written {
+                let _ = std::fs::remove_file(path);
+            }
         }
-        None => engine.saliency(p, kind),
-    };
-    let chosen: Vec<usize> = match chosen {
-        Some(list) => list.to_vec(),
-        None => (0..c).filter(|&i| p.probabilities[i] > 0.5).collect(),
-    };
-    for i in chosen {
-        let normalised = explain::normalise(&map[i * side * side..(i + 1) * side * side]);
-        let name = file_safe(&classes[i]);
-        let overlay = render::overlay_rgb(&p.image, &normalised, overlay_logit_range);
-        put(
-            &format!("overlay:{}", classes[i]),
-            format!("{stem}.{name}.png"),
-            &render::png_rgb8(side as u32, side as u32, &overlay)?,
-        )?;
-        put(
-            &format!("map:{}", classes[i]),
-            format!("{stem}.{name}.map.png"),
-            &render::png_gray16(side as u32, side as u32, &normalised)?,
-        )?;
+        result
     }
-    let mut record = record.clone();
-    record["map"] = json!({ "kind": kind, "shift_steps": shift_steps.unwrap_or(1), "normalisation": "(clip(logit, -200, 200) + 200) / 400" });
-    put("json", format!("{stem}.json"), serde_json::to_string_pretty(&record)?.as_bytes())?;
-    Ok(Value::Object(written))
+
+    fn write_all(&self, engine: &Engine, record: &Value, p: &Prediction, paths: &mut Vec<PathBuf>) -> Result<Value> {
+        let model = engine.model();
+        let classes = &model.metadata.classes;
+        let (grid, side, c) = (model.grid(), model.image_size(), classes.len());
+        let stem = self.stem;
+        let mut written = Map::new();
+        let mut put = |key: &str, name: String, bytes: &[u8]| -> Result<()> {
+            let path = self.dir.join(&name);
+            medpatch_models::write_atomically(&path, bytes).with_context(|| format!("{}", path.display()))?;
+            written.insert(key.to_string(), json!(path.display().to_string()));
+            paths.push(path);
+            Ok(())
+        };
+        put("patch_logits", format!("{stem}.patch_logits.npy"), &render::npy_f32(&[grid, grid, c], &p.patch_logits))?;
+        put("input", format!("{stem}.input.png"), &render::png_gray8(&p.image)?)?;
+        let map = match self.shift_steps {
+            Some(s) => {
+                let dense = engine.dense_map(&p.image, s)?;
+                put("dense_map", format!("{stem}.dense_{s}.npy"), &render::npy_f32(&[c, side, side], &dense.values))?;
+                let mut values = dense.values;
+                explain::apply_map_kind(&mut values, &p.logits, self.kind);
+                values
+            }
+            None => engine.saliency(p, self.kind),
+        };
+        let chosen: Vec<usize> = match self.chosen {
+            Some(list) => list.to_vec(),
+            None => (0..c).filter(|&i| p.probabilities[i] > 0.5).collect(),
+        };
+        for i in chosen {
+            let normalised = explain::normalise(&map[i * side * side..(i + 1) * side * side]);
+            let name = &self.class_file_names[i];
+            let overlay = render::overlay_rgb(&p.image, &normalised, self.overlay_logit_range);
+            put(
+                &format!("overlay:{}", classes[i]),
+                format!("{stem}.{name}.png"),
+                &render::png_rgb8(side as u32, side as u32, &overlay)?,
+            )?;
+            put(
+                &format!("map:{}", classes[i]),
+                format!("{stem}.{name}.map.png"),
+                &render::png_gray16(side as u32, side as u32, &normalised)?,
+            )?;
+        }
+        let mut record = record.clone();
+        record["map"] = json!({ "kind": self.kind, "shift_steps": self.shift_steps.unwrap_or(1), "normalisation": "(clip(logit, -200, 200) + 200) / 400" });
+        put("json", format!("{stem}.json"), serde_json::to_string_pretty(&record)?.as_bytes())?;
+        Ok(Value::Object(written))
+    }
 }
 
 fn progress_bar(len: usize, quiet: bool) -> indicatif::ProgressBar {

@@ -212,3 +212,46 @@ pub fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(f64::total_cmp);
     values[values.len() / 2]
 }
+
+/// Running hostile inputs in a child process with bounded memory and time, as
+/// engine/tests/decode_mutations.rs and exporter/tests/hostile_weights.rs do: an allocation past
+/// the limit fails in the child (which aborts), and the parent names the input it was on.
+pub mod bounded {
+    use std::process::{Command, Output};
+
+    /// A field of /proc/self/status in KiB (VmRSS, VmHWM); 0 where it cannot be read.
+    pub fn status_kib(field: &str) -> u64 {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+        status
+            .lines()
+            .find(|l| l.starts_with(field))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// Reset VmHWM to the current RSS (Linux ≥ 4.0: "5" in clear_refs), so that the next VmHWM is
+    /// the peak of what follows. False where the kernel does not allow it.
+    pub fn reset_peak() -> bool {
+        std::fs::write("/proc/self/clear_refs", "5").is_ok()
+    }
+
+    /// Is this process the worker that [`rerun_under_address_limit`] started?
+    pub fn is_worker(marker: &str) -> bool {
+        std::env::var_os(marker).is_some()
+    }
+
+    /// Re-run this test binary's test `test_name` alone in a child under `ulimit -v limit_kib`
+    /// (address space, not RSS: a huge zeroed buffer costs no RSS until touched), with the
+    /// environment variable `marker` set so that the test knows it is the worker.
+    pub fn rerun_under_address_limit(test_name: &str, marker: &str, limit_kib: u64) -> Output {
+        let exe = std::env::current_exe().unwrap();
+        Command::new("sh")
+            .arg("-c")
+            .arg(format!("ulimit -v {limit_kib} && exec \"$0\" --exact {test_name} --nocapture --test-threads 1"))
+            .arg(&exe)
+            .env(marker, "1")
+            .output()
+            .unwrap()
+    }
+}

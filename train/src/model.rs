@@ -12,8 +12,8 @@
 //! Bernoulli(1 − p) draw per sample, scaled by 1/(1 − p), training only). Batch norm: eps from the
 //! config (1e-3), momentum 0.1 in torch's convention (running = 0.9·running + 0.1·batch).
 
-use medpatch_exporter::weights::Weights;
 use medpatch_models::{ArchConfig, LayerSpec, WeightProblems};
+use medpatch_weights::Weights;
 use std::collections::{BTreeMap, BTreeSet};
 use tch::nn::{self, Init, ModuleT};
 use tch::{Kind, Tensor};

@@ -144,7 +144,7 @@ pub struct CheckpointMeta {
 
 /// A checkpoint JSON written by [`train`] (`epoch-NNN.json`, `last.json`).
 pub fn read_checkpoint(path: &Path) -> Result<CheckpointMeta> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let text = medpatch_models::read_regular_text(path).with_context(|| format!("cannot read {}", path.display()))?;
     serde_json::from_str(&text).with_context(|| format!("{} is not a medpatch-train checkpoint", path.display()))
 }
 
@@ -184,7 +184,7 @@ fn write_atomic_safetensors(named: &[(String, Tensor)], path: &Path) -> Result<(
 /// Load a checkpoint's (or any torchvision-named) weights file, exactly: every variable present
 /// with its shape, nothing left over.
 pub fn load_exact(vs: &nn::VarStore, path: &Path) -> Result<()> {
-    let weights = medpatch_exporter::weights::load(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let weights = medpatch_weights::load(path).with_context(|| format!("cannot read {}", path.display()))?;
     let report = model::load_weights(vs, &weights);
     if !report.problems.is_empty() {
         bail!("{}: {}", path.display(), report.problems);
@@ -196,7 +196,7 @@ pub fn load_exact(vs: &nn::VarStore, path: &Path) -> Result<()> {
 /// channels there, 1 here) and `classifier.1` (1000 classes there, 14 here), which keep their
 /// fresh initialisation — the seed replaces exactly these two modules after loading.
 pub fn load_imagenet(vs: &nn::VarStore, path: &Path) -> Result<String> {
-    let weights = medpatch_exporter::weights::load(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let weights = medpatch_weights::load(path).with_context(|| format!("cannot read {}", path.display()))?;
     let report = model::load_weights(vs, &weights);
     let replaced = ["features.0.0.weight", "classifier.1.weight", "classifier.1.bias"];
     let problems = report.problems.except(&replaced);

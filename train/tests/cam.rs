@@ -37,7 +37,7 @@ fn grad_cam_family_matches_pytorch_grad_cam() {
 
     let vs = nn::VarStore::new(Device::Cpu);
     let net = tiny(SIZE, &vs);
-    let report = load_weights(&vs, &medpatch_exporter::weights::load(&dir.join("init.safetensors")).unwrap());
+    let report = load_weights(&vs, &medpatch_weights::load(&dir.join("init.safetensors")).unwrap());
     assert!(report.problems.is_empty(), "{report:?}");
     let classes: Vec<i64> = (0..14).collect();
     for method in CamMethod::ALL {

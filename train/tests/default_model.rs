@@ -1,6 +1,7 @@
 //! The shipped default model (models/default/): its checkpoint (safetensors, what `medpatch-train`
 //! wrote) in tch and its ONNX export (what the engine embeds) in the engine's backends, ONNX
-//! Runtime and tract, give the same patch logits (≤ 1e-4) on the same preprocessed inputs; and
+//! Runtime and tract, give the same patch logits (within 2^-17 of the largest) on the same preprocessed
+//! inputs; and
 //! the checkpoint's metadata matches the ONNX metadata; the ONNX file was exported from exactly the
 //! shipped weights file (sha256), which the model card names.
 
@@ -60,7 +61,7 @@ fn shipped_checkpoint_and_onnx_agree() {
 
     // Provenance: the embedded ONNX was exported from exactly this weights file, and the model card
     // describes this file (so the card's numbers cannot silently belong to another model).
-    let weights = medpatch_exporter::weights::load(&default_dir().join(&meta.weights_file)).unwrap();
+    let weights = medpatch_weights::load(&default_dir().join(&meta.weights_file)).unwrap();
     assert_eq!(
         model.metadata.source_sha256, weights.source_sha256,
         "models/default/medpatch-default.onnx was not exported from {}: re-export it (see MODEL_CARD.md)",
@@ -118,7 +119,18 @@ fn shipped_checkpoint_and_onnx_agree() {
                 d_img = d_img.max((mean as f32 - tch_image_logits[b * 14 + c]).abs());
             }
         }
-        eprintln!("default model, {provider} vs tch: patch logits max |Δ| {d:.2e}, image logits max |Δ| {d_img:.2e}");
-        assert!(d <= 1e-4 && d_img <= 1e-4, "{provider}: {d} / {d_img}");
+        // Relative to the largest patch logit, not absolute: the demo model's reach ±170, and three
+        // libraries' f32 kernels (tch, ONNX Runtime, tract; AVX2 or AVX-512 chosen at run time) sum
+        // each layer's products in different orders. A float32 carries 24 bits; allowing 7 of
+        // them for ~40 layers of reordered sums gives 2^-17 of the scale (1.3e-3 at 170), still
+        // two orders of magnitude below what a real mismatch (a wrong weight, layout or
+        // normalisation) does to these logits.
+        let scale = tch_patch_logits.iter().fold(1f32, |m, z| m.max(z.abs()));
+        let bound = scale * 2f32.powi(-17);
+        eprintln!(
+            "default model, {provider} vs tch: patch logits max |Δ| {d:.2e}, image logits max |Δ| {d_img:.2e} \
+             (largest patch logit {scale:.1}, bound {bound:.2e})"
+        );
+        assert!(d <= bound && d_img <= bound, "{provider}: {d} / {d_img} against {bound}");
     }
 }

@@ -75,7 +75,7 @@ fn load(arch: &str, dir: &Path, patch: i64) -> Loaded {
     let arch = ArchConfig::builtin(arch).unwrap();
     let vs = nn::VarStore::new(Device::Cpu);
     let net = MedicalPatchNet { backbone: Backbone::new(&vs.root(), &arch, 14), patch_size: patch };
-    let weights = medpatch_exporter::weights::load(&dir.join("init.safetensors")).unwrap();
+    let weights = medpatch_weights::load(&dir.join("init.safetensors")).unwrap();
     let report = load_weights(&vs, &weights);
     assert!(report.problems.is_empty(), "{report:?}");
     Loaded { vs, net }
@@ -310,7 +310,7 @@ fn imagenet_init_replaces_stem_and_head() {
     assert_eq!(vars["features.0.0.weight"].size(), vec![16, 1, 3, 3]);
     assert_eq!(max_abs(&vars["features.0.0.weight"], &stem_before), 0.0, "the stem keeps its fresh init");
     assert_eq!(vars["classifier.1.weight"].size(), vec![14, 256]);
-    let file = medpatch_exporter::weights::load(&pth).unwrap();
+    let file = medpatch_weights::load(&pth).unwrap();
     let t = &file.tensors["features.4.0.block.2.fc1.weight"];
     let shape: Vec<i64> = t.shape.iter().map(|&d| d as i64).collect();
     assert_eq!(max_abs(&vars["features.4.0.block.2.fc1.weight"], &Tensor::from_slice(&t.data).reshape(&shape)), 0.0);

@@ -17,7 +17,7 @@ pub mod tract;
 use crate::EngineError;
 use crate::model::Model;
 use serde::Serialize;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 #[cfg(feature = "openvino")]
 pub use self::openvino::{OPENVINO_LIBRARY_ENV, default_openvino_library, loaded_openvino_library};
@@ -126,6 +126,19 @@ impl BackendError {
         } else {
             Err(BackendError::OutputShape { provider, got: got.to_vec(), expected: [n, classes] })
         }
+    }
+}
+
+/// A runtime library given by path, checked and made absolute: the file checked is then the file
+/// loaded (`dlopen` searches the system's folders for a bare name like `libonnxruntime.so`, and
+/// `ort` tries the executable's folder first for a relative one).
+#[cfg(any(feature = "onnxruntime", feature = "openvino"))]
+pub(crate) fn library_file(path: &Path, what: &str) -> Result<PathBuf, String> {
+    match std::fs::metadata(path) {
+        Err(_) => Err(format!("{what} library {} does not exist", path.display())),
+        Ok(m) if m.is_dir() => Err(format!("{what} library {} is a folder, not a library file", path.display())),
+        Ok(m) if !m.is_file() => Err(format!("{what} library {} is not a regular file", path.display())),
+        Ok(_) => std::fs::canonicalize(path).map_err(|e| format!("{what} library {}: {e}", path.display())),
     }
 }
 

@@ -46,9 +46,7 @@ fn environment(requested: Option<&Path>) -> Result<&'static ort::environment::En
              (e.g. from the onnxruntime or onnxruntime-gpu 1.31 wheel)"
                 .to_string()
         })?;
-        if !path.is_file() {
-            return Err(format!("ONNX Runtime library {} does not exist", path.display()));
-        }
+        let path = super::library_file(&path, "ONNX Runtime")?;
         // ort panics on some load failures (e.g. a version mismatch): keep that inside.
         let env = std::panic::catch_unwind(|| -> Result<_, String> {
             ort::init_from(&path)
@@ -64,7 +62,7 @@ fn environment(requested: Option<&Path>) -> Result<&'static ort::environment::En
     });
     match outcome {
         Ok((lib, env)) => match requested {
-            Some(p) if p != lib.path => {
+            Some(p) if std::fs::canonicalize(p).ok().as_ref() != Some(&lib.path) => {
                 Err(format!("ONNX Runtime is already loaded from {}; one library per process", lib.path.display()))
             }
             _ => Ok(env),

@@ -113,6 +113,7 @@ fn load(requested: Option<&Path>) -> Result<PathBuf, String> {
     } else {
         path
     };
+    let path = super::library_file(&path, "OpenVINO").map_err(|e| format!("{e}. {}", not_found()))?;
     if let Some(current) = &*loaded {
         if *current != path {
             return Err(format!(
@@ -122,9 +123,6 @@ fn load(requested: Option<&Path>) -> Result<PathBuf, String> {
             ));
         }
         return Ok(path);
-    }
-    if !path.is_file() {
-        return Err(format!("OpenVINO library {} does not exist. {}", path.display(), not_found()));
     }
     let attempt = catch_unwind(|| openvino_sys::library::load_from(path.clone()))
         .unwrap_or_else(|panic| Err(panic_message(&panic)));
