@@ -56,7 +56,9 @@ fn main() -> ExitCode {
         // stop quietly, as ripgrep does.
         Err(err) if is_broken_pipe(&err) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("medpatch: error: {err:#}");
+            let message =
+                medpatch_engine::backend::in_terms_of(&format!("{err:#}"), medpatch_engine::backend::FrontEnd::Cli);
+            eprintln!("medpatch: error: {message}");
             cli::exit::failure()
         }
     }

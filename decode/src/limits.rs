@@ -1,7 +1,5 @@
 //! Resource limits, checked before any decoder allocates, and the panic guard around decoders.
 
-use std::panic::{AssertUnwindSafe, catch_unwind};
-
 use super::DecodeError;
 
 /// Largest accepted width or height, in pixels.
@@ -25,17 +23,9 @@ pub(super) fn check_dimensions(width: u64, height: u64) -> Result<(), DecodeErro
     Ok(())
 }
 
-/// Run a decoder, turning a panic into [`DecodeError::Corrupt`].
+/// Run a decoder, turning a panic into [`DecodeError::Corrupt`] (not printed: it is the error).
 pub(super) fn guarded<T>(format: &'static str, f: impl FnOnce() -> Result<T, DecodeError>) -> Result<T, DecodeError> {
-    match catch_unwind(AssertUnwindSafe(f)) {
-        Ok(result) => result,
-        Err(payload) => {
-            let msg = payload
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| payload.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "unknown panic".to_string());
-            Err(DecodeError::Corrupt { format, detail: format!("the decoder failed on this input ({msg})") })
-        }
-    }
+    medpatch_models::panics::catch_quietly(f).unwrap_or_else(|message| {
+        Err(DecodeError::Corrupt { format, detail: format!("the decoder failed on this input ({message})") })
+    })
 }

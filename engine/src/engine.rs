@@ -441,6 +441,20 @@ impl Engine {
             .collect()
     }
 
+    /// Any map of a prediction, `[classes][side][side]` in patch logits: each patch's value over
+    /// its square (`shift_steps` 1) or the paper's dense map at S × S shifts (S² forward passes of
+    /// the image, S a power of two up to the patch size, checked), raw or scaled by the image
+    /// probability. The one place maps are composed: the CLI, the C ABI, Python and the
+    /// evaluation all call it.
+    pub fn map(&self, prediction: &Prediction, kind: MapKind, shift_steps: usize) -> Result<Vec<f32>, EngineError> {
+        if shift_steps == 1 {
+            return Ok(self.saliency(prediction, kind));
+        }
+        let mut values = self.dense_map(&prediction.image, shift_steps)?.values;
+        explain::apply_map_kind(&mut values, &prediction.logits, kind);
+        Ok(values)
+    }
+
     /// The paper's dense map at `shift_steps` S ∈ {1, 2, 4, …, patch}: S² shifted copies of the
     /// image, all their patches batched through the backend, averaged back in image coordinates.
     pub fn dense_map(&self, image: &GrayImage, shift_steps: usize) -> Result<DenseMap, EngineError> {

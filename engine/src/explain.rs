@@ -3,6 +3,8 @@
 //! Layout conventions: patch logits are `[patches][classes]` with patches row-major
 //! (index = row · grid + col); maps are `[classes][side][side]` row-major.
 
+use medpatch_models::contract::{MAP_LOGIT_CLIP, MAX_OVERLAY_LOGIT_RANGE};
+
 /// The image's logits: the mean of its patch logits (f64 accumulation). Completeness holds by
 /// construction: `image_logit[c] = Σ_i patch_logit[i][c] / n`.
 pub fn mean_logits(patch_logits: &[f32], classes: usize) -> Vec<f32> {
@@ -79,9 +81,10 @@ pub fn coarse_map(patch_values: &[f32], grid: usize, patch: usize, classes: usiz
     map
 }
 
-/// The seed's storage form: `(clip(map, −200, 200) + 200) / 400`, so 0.5 means logit 0.
+/// The reference implementation's storage form: `(clip(map, ±200) + 200) / 400`
+/// ([`MAP_LOGIT_CLIP`]), so 0.5 means logit 0.
 pub fn normalise(map: &[f32]) -> Vec<f32> {
-    map.iter().map(|&v| (v.clamp(-200.0, 200.0) + 200.0) / 400.0).collect()
+    map.iter().map(|&v| (v.clamp(-MAP_LOGIT_CLIP, MAP_LOGIT_CLIP) + MAP_LOGIT_CLIP) / (2.0 * MAP_LOGIT_CLIP)).collect()
 }
 
 /// The overlay colour range calibrated on a model's own patch logits (e.g. of validation images):
@@ -100,7 +103,7 @@ pub fn calibrate_overlay_logit_range(patch_logits: &[f32]) -> Option<f32> {
     }
     let unit = 10f64.powf((p99 as f64).log10().floor() - 1.0);
     // (The 1e-6 keeps a value already on the grid, e.g. 9.9, from rounding up a step.)
-    Some((((p99 as f64) / unit - 1e-6).ceil() * unit).min(200.0) as f32)
+    Some((((p99 as f64) / unit - 1e-6).ceil() * unit).min(MAX_OVERLAY_LOGIT_RANGE as f64) as f32)
 }
 
 /// Shift-steps allowed for the dense map: divisors of the patch size that are powers of two.

@@ -51,26 +51,10 @@ pub fn center_crop_square(img: &GrayImage) -> GrayImage {
     GrayImage { width: side, height: side, pixels }
 }
 
-/// Where [`center_crop_square`] cuts a `width × height` image: (left, top, side).
-pub fn center_crop_box(width: u32, height: u32) -> (u32, u32, u32) {
-    let side = width.min(height);
-    (crop_offset(width, side), crop_offset(height, side), side)
-}
-
-/// torchvision's `int(round((size - crop) / 2.0))` with Python's banker's rounding.
-/// `size >= crop` is required.
-pub(crate) fn crop_offset(size: u32, crop: u32) -> u32 {
-    let d = size - crop;
-    let half = d / 2;
-    if d.is_multiple_of(2) {
-        half
-    } else if half.is_multiple_of(2) {
-        // x.5 with an even integer part rounds down
-        half
-    } else {
-        half + 1
-    }
-}
+/// Where [`center_crop_square`] cuts an image: the input convention's rule, which the evaluation
+/// and the DICOM results (maps back on the source image) use too.
+pub use medpatch_models::contract::center_crop_box;
+use medpatch_models::contract::crop_offset;
 
 /// Precomputed one-axis resampling weights: output index `i` reads input indices
 /// `start[i] .. start[i] + len[i]` with weights `weights[i * taps .. i * taps + len[i]]`.

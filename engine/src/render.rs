@@ -2,6 +2,7 @@
 //! lossless 16-bit PNG maps, and `.npy` arrays.
 
 use crate::decode::GrayImage;
+use medpatch_models::contract::MAP_LOGIT_CLIP;
 
 /// The paper's colour scale: `(map − 0.5)` on red-white-blue saturating at a patch logit of
 /// ±`logit_range` (the model's, [`medpatch_models::ModelMetadata::overlay_logit_range`]; the
@@ -9,7 +10,7 @@ use crate::decode::GrayImage;
 /// neutral. RGB in [0, 1].
 fn diverging_colour(normalised: f32, logit_range: f32) -> [f32; 3] {
     // Normalised units are logits / 400 (see `explain::normalise`).
-    let t = ((normalised - 0.5) * 400.0 / logit_range).clamp(-1.0, 1.0);
+    let t = ((normalised - 0.5) * 2.0 * MAP_LOGIT_CLIP / logit_range).clamp(-1.0, 1.0);
     if t >= 0.0 { [1.0, 1.0 - t, 1.0 - t] } else { [1.0 + t, 1.0 + t, 1.0] }
 }
 

@@ -123,7 +123,7 @@ fn bf16_on_real_xrays(label: &str, model: &Model, expected: OnBf16Cpu) {
     if cpu_has_bf16() && expected == OnBf16Cpu::IsRefused {
         let err = bf16.err().expect("the self-check must refuse bf16 for this model").to_string();
         eprintln!("{label}: bf16 refused on {} by the self-check, as expected: {err}", cpu_model());
-        for needed in ["provider openvino is not available", "bf16 results are too far from f32", "--precision f32"] {
+        for needed in ["provider openvino is not available", "bf16 results are too far from f32", "precision f32"] {
             assert!(err.contains(needed), "'{needed}' missing from: {err}");
         }
         return;
@@ -134,7 +134,7 @@ fn bf16_on_real_xrays(label: &str, model: &Model, expected: OnBf16Cpu) {
         assert!(
             err.contains("provider openvino is not available")
                 && err.contains("does not report BF16 in OpenVINO's OPTIMIZATION_CAPABILITIES")
-                && err.contains("--precision f32"),
+                && err.contains("precision f32"),
             "{err}"
         );
         return;

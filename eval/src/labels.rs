@@ -18,7 +18,7 @@ use std::path::Path;
 #[derive(Debug, Clone, PartialEq)]
 pub struct Record {
     pub path: String,
-    pub labels: [f32; 14],
+    pub labels: [f32; CHEXPERT_CLASSES.len()],
 }
 
 /// The seed's label mapping: only "1.0" (or "1") is positive.
@@ -73,7 +73,7 @@ pub fn parse_csv(text: &str) -> Result<Vec<Record>> {
         if visual {
             shift(&mut fields);
         }
-        let mut values = [0f32; 14];
+        let mut values = [0f32; CHEXPERT_CLASSES.len()];
         for (k, v) in values.iter_mut().enumerate() {
             *v = parse_label(&fields[5 + k])
                 .with_context(|| format!("row {}, column '{}'", line + 2, CHEXPERT_CLASSES[k]))?;

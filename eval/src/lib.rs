@@ -4,6 +4,7 @@
 //! * [`metrics`] — AUROC, ROC curve, Youden threshold, confusion counts (scikit-learn's numbers).
 //! * [`bootstrap`] — seeded, parallel percentile bootstrap intervals (the seed's protocol).
 //! * [`classification`] — Table 1 for one split.
+//! * [`evaluation`] — one split's whole evaluation without I/O: cases, per-case reduction, the report.
 //! * [`rle`] — COCO run-length encoding of CheXlocalize's ground truth.
 //! * [`geometry`] — maps back to the original image: crop box or stretch, torch-exact bilinear.
 //! * [`localization`] — hit rate, mIoU (TP, FP, FN / TP only), the seed's threshold search;
@@ -15,6 +16,7 @@
 pub mod bootstrap;
 pub mod chexlocalize_bootstrap;
 pub mod classification;
+pub mod evaluation;
 pub mod geometry;
 pub mod labels;
 pub mod localization;

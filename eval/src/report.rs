@@ -412,6 +412,37 @@ pub fn csv(report: &Report) -> String {
     out
 }
 
+/// The report's ROC section, linking each class's curve (`links`: "[class](roc/x.png) (AUROC …)").
+pub fn roc_section(links: &[String]) -> String {
+    if links.is_empty() {
+        return String::new();
+    }
+    format!(
+        "\n## ROC curves\n\nFalse positive rate across, true positive rate up; grey: chance; red dot: this split's \
+         Youden point. {}\n",
+        links.join(", ")
+    )
+}
+
+/// The report's saliency-sheet section starts with this; a line per sheet follows.
+pub const SHEETS_INTRODUCTION: &str = "\n## Saliency sheets\n\nLeft: the X-ray with the ground truth outlined \
+    (yellow). Right: the map over the part of the image it covers (red = high), the segmentation at the applied \
+    (else tuned) TP, FP, FN threshold (cyan) and the map's first maximum (green cross).\n\n";
+
+/// Per task, the segmentation threshold a sheet shows: the applied TP, FP, FN threshold, else
+/// the one tuned on this split.
+pub fn sheet_thresholds(report: &Report) -> BTreeMap<&str, f64> {
+    report
+        .localization
+        .iter()
+        .flat_map(|l| &l.tasks)
+        .filter_map(|t| {
+            let s = t.miou.get("tp_fp_fn").or(t.tuned.get("tp_fp_fn"))?;
+            Some((t.task.as_str(), s.threshold))
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -163,7 +163,7 @@ pub fn build(arch: &ArchConfig, weights: &Weights, input: &str, output: &str) ->
     let head = arch.head_channels as usize;
     let num_classes = match weights.tensors.get("classifier.1.weight") {
         Some(t) if t.shape.len() == 2 && t.shape[0] > 0 => t.shape[0],
-        _ => 14, // reported as missing / wrong shape below
+        _ => medpatch_models::CHEXPERT_CLASSES.len(), // reported as missing / wrong shape below
     };
     let mut b = Builder {
         graph: GraphBuilder::default(),

@@ -53,8 +53,8 @@ impl ExportOptions {
             weights,
             output,
             arch: ArchConfig::builtin("efficientnet_v2_s").expect("built-in config is valid"),
-            patch_size: 64,
-            image_size: 512,
+            patch_size: medpatch_models::contract::DEFAULT_PATCH_SIZE,
+            image_size: medpatch_models::contract::DEFAULT_IMAGE_SIZE,
             classes: None,
             overlay_logit_range: None,
         }
@@ -93,7 +93,7 @@ pub fn export(options: &ExportOptions) -> Result<ExportReport, ExportError> {
     medpatch_models::contract::check_geometry(p, options.image_size).map_err(ExportError::Options)?;
     if let Some(classes) = &options.classes {
         medpatch_models::contract::check_classes(classes)
-            .map_err(|problem| ExportError::Options(format!("--classes: {problem}")))?;
+            .map_err(|problem| ExportError::Options(format!("class names: {problem}")))?;
     }
     if let WeightsSource::Random { num_classes, .. } = options.weights
         && !(1..=medpatch_models::contract::MAX_CLASSES).contains(&num_classes)
@@ -122,10 +122,10 @@ pub fn export(options: &ExportOptions) -> Result<ExportReport, ExportError> {
         .map_err(|problems| ExportError::Mismatch { path: origin.clone(), problems })?;
     let classes = match &options.classes {
         Some(c) => c.clone(),
-        None if backbone.num_classes == 14 => ModelMetadata::default_classes(),
+        None if backbone.num_classes == medpatch_models::CHEXPERT_CLASSES.len() => ModelMetadata::default_classes(),
         None => {
             return Err(ExportError::Options(format!(
-                "the model has {} outputs, not the 14 CheXpert findings: name them with --classes",
+                "the model has {} outputs, not the 14 CheXpert findings: give their class names",
                 backbone.num_classes
             )));
         }

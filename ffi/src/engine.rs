@@ -174,15 +174,22 @@ pub unsafe extern "C" fn medpatch_engine_provider(
     })
 }
 
+/// A name of the engine's as a static C string: the engine's names (`Provider::name`,
+/// `Precision::name`) are the one list; each is made into a C string once per process.
+pub(crate) fn static_c_name(name: &'static str) -> &'static std::ffi::CStr {
+    use std::collections::HashMap;
+    use std::ffi::CString;
+    use std::sync::{Mutex, OnceLock};
+    static NAMES: OnceLock<Mutex<HashMap<&'static str, &'static std::ffi::CStr>>> = OnceLock::new();
+    let mut names = NAMES.get_or_init(Default::default).lock().unwrap_or_else(|p| p.into_inner());
+    names.entry(name).or_insert_with(|| {
+        // Leaked once per distinct name (a handful): the strings live as long as the library.
+        Box::leak(CString::new(name).unwrap_or_default().into_boxed_c_str())
+    })
+}
+
 pub(crate) fn provider_name(provider: ::medpatch_engine::Provider) -> &'static std::ffi::CStr {
-    use ::medpatch_engine::Provider as P;
-    match provider {
-        P::TensorRt => c"tensorrt",
-        P::Cuda => c"cuda",
-        P::Cpu => c"cpu",
-        P::OpenVino => c"openvino",
-        P::Tract => c"tract",
-    }
+    static_c_name(provider.name())
 }
 
 /// The precision the backend really computes in: `"f32"`, `"bf16"` or `"fp16"` (static string).
@@ -197,12 +204,7 @@ pub unsafe extern "C" fn medpatch_engine_precision(
 ) -> medpatch_status {
     guard(|| {
         let engine = arg(engine, "engine")?;
-        *out_arg(out, "out")? = match engine.engine.precision() {
-            ::medpatch_engine::Precision::F32 => c"f32",
-            ::medpatch_engine::Precision::Bf16 => c"bf16",
-            ::medpatch_engine::Precision::Fp16 => c"fp16",
-        }
-        .as_ptr();
+        *out_arg(out, "out")? = static_c_name(engine.engine.precision().name()).as_ptr();
         Ok(())
     })
 }

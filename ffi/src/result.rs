@@ -3,7 +3,7 @@
 
 use crate::engine::{medpatch_engine, provider_name};
 use crate::status::{Failure, arg, free_boxed, guard, medpatch_status, out_arg};
-use ::medpatch_engine::{MapKind, Prediction, explain};
+use ::medpatch_engine::{MapKind, Prediction};
 use std::ffi::c_char;
 
 /// One image's prediction (opaque, immutable: readable from any thread).
@@ -241,9 +241,7 @@ pub unsafe extern "C" fn medpatch_result_dense_map(
     guard(|| {
         let kind = map_kind(kind)?;
         let (engine, prediction, out) = map_target(engine, result, out, out_len)?;
-        let mut dense = engine.engine.dense_map(&prediction.image, shift_steps)?;
-        explain::apply_map_kind(&mut dense.values, &prediction.logits, kind);
-        out.copy_from_slice(&dense.values);
+        out.copy_from_slice(&engine.engine.map(prediction, kind, shift_steps)?);
         Ok(())
     })
 }

@@ -39,21 +39,50 @@ pub enum medpatch_status {
 /// values give `"MEDPATCH_STATUS_UNKNOWN"`.
 #[unsafe(no_mangle)]
 pub extern "C" fn medpatch_status_name(status: i32) -> *const c_char {
-    let name: &'static CStr = match status {
-        0 => c"MEDPATCH_STATUS_OK",
-        1 => c"MEDPATCH_STATUS_NULL_ARGUMENT",
-        2 => c"MEDPATCH_STATUS_INVALID_ARGUMENT",
-        3 => c"MEDPATCH_STATUS_BUFFER_SIZE",
-        4 => c"MEDPATCH_STATUS_IO",
-        5 => c"MEDPATCH_STATUS_DECODE",
-        6 => c"MEDPATCH_STATUS_MODEL",
-        7 => c"MEDPATCH_STATUS_PROVIDER_UNAVAILABLE",
-        8 => c"MEDPATCH_STATUS_BACKEND",
-        9 => c"MEDPATCH_STATUS_PANIC",
-        10 => c"MEDPATCH_STATUS_INTERNAL",
-        _ => c"MEDPATCH_STATUS_UNKNOWN",
-    };
-    name.as_ptr()
+    ALL_STATUSES
+        .iter()
+        .find(|s| **s as i32 == status)
+        .map_or(c"MEDPATCH_STATUS_UNKNOWN", |s| crate::engine::static_c_name(s.c_name()))
+        .as_ptr()
+}
+
+/// Every status, in value order (private: cbindgen would export an associated constant).
+const ALL_STATUSES: [medpatch_status; 11] = [
+    medpatch_status::Ok,
+    medpatch_status::NullArgument,
+    medpatch_status::InvalidArgument,
+    medpatch_status::BufferSize,
+    medpatch_status::Io,
+    medpatch_status::Decode,
+    medpatch_status::Model,
+    medpatch_status::ProviderUnavailable,
+    medpatch_status::Backend,
+    medpatch_status::Panic,
+    medpatch_status::Internal,
+];
+
+impl medpatch_status {
+    /// Its name in the C header, `MEDPATCH_STATUS_` and the variant in upper snake case (what
+    /// cbindgen writes from the same variant name): derived, not written twice.
+    fn c_name(self) -> &'static str {
+        static NAMES: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+        let names = NAMES.get_or_init(|| {
+            ALL_STATUSES
+                .iter()
+                .map(|s| {
+                    let mut name = String::from("MEDPATCH_STATUS");
+                    for c in format!("{s:?}").chars() {
+                        if c.is_ascii_uppercase() {
+                            name.push('_');
+                        }
+                        name.push(c.to_ascii_uppercase());
+                    }
+                    name
+                })
+                .collect()
+        });
+        &names[self as usize]
+    }
 }
 
 /// A failed call: its status and the message for [`medpatch_last_error`].
@@ -98,7 +127,8 @@ thread_local! {
 }
 
 pub(crate) fn set_last_error(message: &str) {
-    // Interior NULs would cut the C string short: show them instead.
+    // Options are named as C callers set them; interior NULs would cut the C string short.
+    let message = medpatch_engine::backend::in_terms_of(message, medpatch_engine::backend::FrontEnd::C);
     let text = CString::new(message.replace('\0', "\\0")).unwrap_or_default();
     LAST_ERROR.with(|e| *e.borrow_mut() = text);
 }
@@ -146,11 +176,7 @@ pub unsafe extern "C" fn medpatch_last_error_copy(
 /// Run an exported function's body: catch panics, record the message of a failure.
 pub(crate) fn guard(body: impl FnOnce() -> Result<(), Failure>) -> medpatch_status {
     let outcome = catch_unwind(AssertUnwindSafe(body)).unwrap_or_else(|panic| {
-        let text = panic
-            .downcast_ref::<String>()
-            .map(String::as_str)
-            .or_else(|| panic.downcast_ref::<&str>().copied())
-            .unwrap_or("unknown panic");
+        let text = medpatch_models::panics::message(&*panic);
         Err(Failure::new(medpatch_status::Panic, format!("medpatch panicked (a bug, please report it): {text}")))
     });
     match outcome {

@@ -64,6 +64,13 @@ fn version_and_status_names() {
     assert_eq!(name(medpatch_status::Decode as i32), "MEDPATCH_STATUS_DECODE");
     assert_eq!(name(medpatch_status::Internal as i32), "MEDPATCH_STATUS_INTERNAL");
     assert_eq!(name(-3), "MEDPATCH_STATUS_UNKNOWN");
+    // Every status's name is the header's: `MEDPATCH_STATUS_<NAME> = <value>`.
+    let header = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/include/medpatch.h")).unwrap();
+    for value in 0..=10 {
+        let line = format!("{} = {value},", name(value));
+        assert!(header.contains(&line), "'{line}' is not in medpatch.h");
+    }
+    assert_eq!(name(11), "MEDPATCH_STATUS_UNKNOWN");
 }
 
 #[test]

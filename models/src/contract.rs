@@ -49,12 +49,20 @@ pub mod keys {
     pub const THRESHOLDS: &str = "medpatch.thresholds";
 }
 
+/// The reference implementation's image side and patch side: 8×8 patches of 64² on a 512² image.
+pub const DEFAULT_IMAGE_SIZE: u32 = 512;
+pub const DEFAULT_PATCH_SIZE: u32 = 64;
+
+/// Stored maps clip patch logits at ±this and map them to [0, 1]: `(clip(z, ±200) + 200) / 400`,
+/// as the reference implementation stores its maps.
+pub const MAP_LOGIT_CLIP: f32 = 200.0;
+
 /// The paper's overlay colour range, in logits: its maps are stored as `(clip(z, ±200) + 200) / 400`
 /// and drawn over 0.5 ± 0.2, i.e. colours saturate at a patch logit of ±80. It suits the published
 /// checkpoint, whose patch logits reach the hundreds; models without a stored range use it.
 pub const PAPER_OVERLAY_LOGIT_RANGE: f32 = 80.0;
 /// The largest range the stored maps can express (they clip logits at ±200).
-pub const MAX_OVERLAY_LOGIT_RANGE: f32 = 200.0;
+pub const MAX_OVERLAY_LOGIT_RANGE: f32 = MAP_LOGIT_CLIP;
 
 /// Largest preprocessed image side a model may declare. The paper's is 512; per-image maps cost
 /// `classes × side²` floats (128 × 1024² × 4 bytes = 512 MiB at the limits), so a model file
@@ -154,6 +162,26 @@ pub fn shorten(value: &str) -> String {
     }
     let end = (0..=KEEP).rev().find(|&i| value.is_char_boundary(i)).unwrap_or(0);
     format!("{}… ({} bytes)", &value[..end], value.len())
+}
+
+/// Where the input convention's centre crop ("center_square") cuts a `width × height` image:
+/// `(left, top, side)`, the square of the shorter side placed like torchvision's `CenterCrop`.
+pub fn center_crop_box(width: u32, height: u32) -> (u32, u32, u32) {
+    let side = width.min(height);
+    (crop_offset(width, side), crop_offset(height, side), side)
+}
+
+/// torchvision's `int(round((size - crop) / 2.0))` with Python's banker's rounding (a difference
+/// of 1 gives offset 0, 3 gives 2, 5 gives 2, 7 gives 4). `size >= crop` is required.
+pub fn crop_offset(size: u32, crop: u32) -> u32 {
+    let d = size - crop;
+    let half = d / 2;
+    if d.is_multiple_of(2) || half.is_multiple_of(2) {
+        // even differences, and x.5 with an even integer part, round down
+        half
+    } else {
+        half + 1
+    }
 }
 
 /// Why an overlay range is not usable, if it is not: positive, finite, at most ±200 logits.

@@ -5,6 +5,7 @@
 pub mod arch;
 pub mod contract;
 pub mod io;
+pub mod panics;
 pub mod rng;
 pub mod weights;
 

@@ -36,7 +36,7 @@ pyo3::create_exception!(_medpatch, BackendError, Error, "The backend failed whil
 
 /// The Python exception for an engine error.
 fn py_error(error: EngineError) -> PyErr {
-    let message = error.to_string();
+    let message = medpatch_engine::backend::in_terms_of(&error.to_string(), medpatch_engine::backend::FrontEnd::Python);
     match &error {
         EngineError::Decode(decode) => match decode.problem() {
             EngineDecodeError::Io(io) => {
@@ -65,11 +65,7 @@ fn py_error(error: EngineError) -> PyErr {
 fn detached<T: Send>(py: Python<'_>, work: impl FnOnce() -> Result<T, EngineError> + Send) -> PyResult<T> {
     py.detach(|| catch_unwind(AssertUnwindSafe(work)))
         .map_err(|panic| {
-            let text = panic
-                .downcast_ref::<String>()
-                .map(String::as_str)
-                .or_else(|| panic.downcast_ref::<&str>().copied())
-                .unwrap_or("unknown panic");
+            let text = medpatch_models::panics::message(&*panic);
             Error::new_err(format!("medpatch panicked (a bug, please report it): {text}"))
         })?
         .map_err(py_error)
@@ -163,7 +159,7 @@ fn onnxruntime_wheel_library(py: Python<'_>) -> Option<PathBuf> {
     if std::env::var_os("ORT_DYLIB_PATH").is_some_and(|p| !p.is_empty()) {
         return None;
     }
-    newest_library_in_package(py, "onnxruntime", "capi", "libonnxruntime.so")
+    medpatch_engine::backend::ort_library_in(&package_folder(py, "onnxruntime")?.join("capi"))
 }
 
 /// The `openvino` wheel's C library, found the same way (unless OPENVINO_LIB_PATH is set).
@@ -171,20 +167,14 @@ fn openvino_wheel_library(py: Python<'_>) -> Option<PathBuf> {
     if std::env::var_os(medpatch_engine::backend::OPENVINO_LIBRARY_ENV).is_some_and(|p| !p.is_empty()) {
         return None;
     }
-    newest_library_in_package(py, "openvino", "libs", "libopenvino_c.so")
+    medpatch_engine::backend::openvino_library_in(&package_folder(py, "openvino")?.join("libs"))
 }
 
-/// `<package>/<folder>/<prefix>*` of an importable package, without importing it.
-fn newest_library_in_package(py: Python<'_>, package: &str, folder: &str, prefix: &str) -> Option<PathBuf> {
+/// The folder of an importable package, found without importing it.
+fn package_folder(py: Python<'_>, package: &str) -> Option<PathBuf> {
     let spec = py.import("importlib.util").ok()?.call_method1("find_spec", (package,)).ok()?;
     let locations: Vec<PathBuf> = spec.getattr("submodule_search_locations").ok()?.extract().ok()?;
-    let mut found: Vec<PathBuf> = std::fs::read_dir(locations.first()?.join(folder))
-        .ok()?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(prefix)))
-        .collect();
-    found.sort();
-    found.pop()
+    locations.into_iter().next()
 }
 
 /// A MedicalPatchNet model on an execution provider.
@@ -340,20 +330,9 @@ impl Engine {
         kind: MapKind,
         shift_steps: Option<usize>,
     ) -> PyResult<Vec<f32>> {
-        match shift_steps {
-            None => {
-                let prediction = self.prediction(py, result, false)?;
-                detached(py, || Ok(self.engine.saliency(&prediction, kind)))
-            }
-            Some(steps) => {
-                let prediction = self.prediction(py, result, true)?;
-                detached(py, || {
-                    let mut dense = self.engine.dense_map(&prediction.image, steps)?;
-                    explain::apply_map_kind(&mut dense.values, &prediction.logits, kind);
-                    Ok(dense.values)
-                })
-            }
-        }
+        // The dense map needs the preprocessed image; the coarse one only the patch logits.
+        let prediction = self.prediction(py, result, shift_steps.is_some())?;
+        detached(py, || self.engine.map(&prediction, kind, shift_steps.unwrap_or(1)))
     }
 }
 

@@ -19,16 +19,16 @@ pub struct ExportArgs {
     #[arg(long, default_value_t = 0, requires = "random_init")]
     seed: u64,
     /// Number of outputs for --random-init.
-    #[arg(long, default_value_t = 14, requires = "random_init")]
+    #[arg(long, default_value_t = medpatch_models::CHEXPERT_CLASSES.len(), requires = "random_init")]
     num_classes: usize,
     /// Architecture: a built-in name (efficientnet_v2_s, efficientnet_v2_tiny) or a JSON config file.
     #[arg(long, default_value = "efficientnet_v2_s")]
     arch: String,
     /// Patch side: 64 for MedicalPatchNet, 512 for the whole-image EfficientNetV2-S baseline.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = medpatch_models::contract::DEFAULT_PATCH_SIZE)]
     patch_size: u32,
     /// Side of the preprocessed square X-ray.
-    #[arg(long, default_value_t = 512)]
+    #[arg(long, default_value_t = medpatch_models::contract::DEFAULT_IMAGE_SIZE)]
     image_size: u32,
     /// Comma-separated output names (default: the 14 CheXpert findings).
     #[arg(long, value_delimiter = ',')]

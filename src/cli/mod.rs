@@ -77,3 +77,18 @@ impl EngineArgs {
             .build()?)
     }
 }
+
+/// A progress bar on stderr for `len` images: hidden with `--quiet`, for fewer than two images,
+/// and when stderr is not a terminal (a log file gets no bar).
+pub fn progress_bar(len: usize, quiet: bool) -> indicatif::ProgressBar {
+    use std::io::IsTerminal;
+    if quiet || len < 2 || !std::io::stderr().is_terminal() {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(len as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} images, {per_sec}, eta {eta}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    bar
+}

@@ -1,8 +1,9 @@
 //! `medpatch predict`: X-rays in, probabilities and explanation maps out.
 
-use super::{EngineArgs, exit, inputs};
+use super::{EngineArgs, exit, inputs, progress_bar};
 use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
+use medpatch_engine::backend::{FrontEnd, in_terms_of};
 use medpatch_engine::{Engine, Input, MapKind, ModelOrigin, Prediction, explain, render};
 use serde_json::{Map, Value, json};
 use std::collections::HashSet;
@@ -191,7 +192,7 @@ pub fn run(args: PredictArgs) -> Result<ExitCode> {
 pub fn report_engine(engine: &Engine) {
     let model = engine.model();
     for (provider, reason) in engine.skipped_providers() {
-        eprintln!("medpatch: provider {provider} skipped: {reason}");
+        eprintln!("medpatch: provider {provider} skipped: {}", in_terms_of(reason, FrontEnd::Cli));
     }
     eprintln!(
         "medpatch: provider: {}, {}, precision {}",
@@ -382,13 +383,13 @@ impl Outputs<'_> {
         put("input", format!("{stem}.input.png"), &render::png_gray8(&p.image)?)?;
         let map = match self.shift_steps {
             Some(s) => {
-                let dense = engine.dense_map(&p.image, s)?;
-                put("dense_map", format!("{stem}.dense_{s}.npy"), &render::npy_f32(&[c, side, side], &dense.values))?;
-                let mut values = dense.values;
+                // The raw dense map is saved; the overlays show the kind asked for.
+                let mut values = engine.map(p, MapKind::Raw, s)?;
+                put("dense_map", format!("{stem}.dense_{s}.npy"), &render::npy_f32(&[c, side, side], &values))?;
                 explain::apply_map_kind(&mut values, &p.logits, self.kind);
                 values
             }
-            None => engine.saliency(p, self.kind),
+            None => engine.map(p, self.kind, 1)?,
         };
         let chosen: Vec<usize> = match self.chosen {
             Some(list) => list.to_vec(),
@@ -409,22 +410,12 @@ impl Outputs<'_> {
                 &render::png_gray16(side as u32, side as u32, &normalised)?,
             )?;
         }
+        let c = medpatch_models::contract::MAP_LOGIT_CLIP;
+        let normalisation = format!("(clip(logit, -{c}, {c}) + {c}) / {}", 2.0 * c);
         let mut record = record.clone();
-        record["map"] = json!({ "kind": self.kind, "shift_steps": self.shift_steps.unwrap_or(1), "normalisation": "(clip(logit, -200, 200) + 200) / 400" });
+        record["map"] =
+            json!({ "kind": self.kind, "shift_steps": self.shift_steps.unwrap_or(1), "normalisation": normalisation });
         put("json", format!("{stem}.json"), serde_json::to_string_pretty(&record)?.as_bytes())?;
         Ok(Value::Object(written))
     }
-}
-
-fn progress_bar(len: usize, quiet: bool) -> indicatif::ProgressBar {
-    use std::io::IsTerminal;
-    if quiet || len < 2 || !std::io::stderr().is_terminal() {
-        return indicatif::ProgressBar::hidden();
-    }
-    let bar = indicatif::ProgressBar::new(len as u64);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} images, {per_sec}, eta {eta}")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-    );
-    bar
 }

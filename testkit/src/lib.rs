@@ -76,23 +76,10 @@ pub fn run_python(script: &str, args: &[&str]) -> String {
     text
 }
 
-/// A float32 little-endian C-order `.npy` (what numpy.save writes for our references).
+/// A `.npy` array (numpy.save's float32 or float64, any order), read by the evaluation's reader.
 pub fn read_npy(path: &Path) -> (Vec<usize>, Vec<f32>) {
-    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    assert!(bytes.starts_with(b"\x93NUMPY"), "{}: not a .npy file", path.display());
-    let (header_len, header_start) = match bytes[6] {
-        1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10),
-        _ => (u32::from_le_bytes(bytes[8..12].try_into().unwrap()) as usize, 12),
-    };
-    let header = std::str::from_utf8(&bytes[header_start..header_start + header_len]).unwrap();
-    assert!(header.contains("'descr': '<f4'") && header.contains("'fortran_order': False"), "{header}");
-    let shape_text = header.split("'shape': (").nth(1).unwrap().split(')').next().unwrap();
-    let shape: Vec<usize> =
-        shape_text.split(',').filter(|s| !s.trim().is_empty()).map(|s| s.trim().parse().unwrap()).collect();
-    let data: Vec<f32> =
-        bytes[header_start + header_len..].chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
-    assert_eq!(data.len(), shape.iter().product::<usize>());
-    (shape, data)
+    let array = medpatch_eval::npy::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    (array.shape, array.data)
 }
 
 pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {

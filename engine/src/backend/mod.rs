@@ -17,12 +17,14 @@ pub mod tract;
 use crate::EngineError;
 use crate::model::Model;
 use serde::Serialize;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 #[cfg(feature = "openvino")]
-pub use self::openvino::{OPENVINO_LIBRARY_ENV, default_openvino_library, loaded_openvino_library};
+pub use self::openvino::{
+    OPENVINO_LIBRARY_ENV, c_library_in as openvino_library_in, default_openvino_library, loaded_openvino_library,
+};
 #[cfg(feature = "onnxruntime")]
-pub use onnxruntime::{OrtLibrary, default_ort_library};
+pub use onnxruntime::{OrtLibrary, default_ort_library, ort_library_in};
 pub use precision::{Bound, Precision, PrecisionCheck, REDUCED_PRECISION_BOUND};
 
 /// A backend that actually ran.
@@ -129,11 +131,40 @@ impl BackendError {
     }
 }
 
+/// Options the library's messages name, in the library's words, and as each front end spells
+/// them: the CLI, the C API, Python. A front end shows a message through [`in_terms_of`].
+pub const OPTION_SPELLINGS: [(&str, [&str; 3]); 3] = [
+    (
+        "the ONNX Runtime library option",
+        ["--ort-lib PATH", "medpatch_options_set_ort_library()", "Engine(ort_library=PATH)"],
+    ),
+    (
+        "the OpenVINO library option",
+        ["--openvino-lib PATH", "medpatch_options_set_openvino_library()", "Engine(openvino_library=PATH)"],
+    ),
+    ("precision f32", ["--precision f32", "precision \"f32\"", "precision=\"f32\""]),
+];
+
+/// A front end, for [`in_terms_of`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FrontEnd {
+    Cli = 0,
+    C = 1,
+    Python = 2,
+}
+
+/// `message` with the options it names spelled as `front_end` spells them.
+pub fn in_terms_of(message: &str, front_end: FrontEnd) -> String {
+    OPTION_SPELLINGS
+        .iter()
+        .fold(message.to_string(), |text, (words, spellings)| text.replace(words, spellings[front_end as usize]))
+}
+
 /// A runtime library given by path, checked and made absolute: the file checked is then the file
 /// loaded (`dlopen` searches the system's folders for a bare name like `libonnxruntime.so`, and
 /// `ort` tries the executable's folder first for a relative one).
 #[cfg(any(feature = "onnxruntime", feature = "openvino"))]
-pub(crate) fn library_file(path: &Path, what: &str) -> Result<PathBuf, String> {
+pub(crate) fn library_file(path: &std::path::Path, what: &str) -> Result<PathBuf, String> {
     match std::fs::metadata(path) {
         Err(_) => Err(format!("{what} library {} does not exist", path.display())),
         Ok(m) if m.is_dir() => Err(format!("{what} library {} is a folder, not a library file", path.display())),
@@ -142,21 +173,12 @@ pub(crate) fn library_file(path: &Path, what: &str) -> Result<PathBuf, String> {
     }
 }
 
-/// What a caught panic said.
-pub(crate) fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
-    panic
-        .downcast_ref::<String>()
-        .cloned()
-        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-        .unwrap_or_else(|| "unknown panic".into())
-}
-
 /// Run `f`, turning a panic inside a runtime into an error: tract's and the `openvino` crate's
 /// asserts, unwraps and overflow checks are reachable from a hostile model file (found by
-/// engine/tests/model_mutations.rs), and no panic may cross the library boundary.
+/// engine/tests/model_mutations.rs) or a library that is not the runtime, and no panic may cross
+/// the library boundary (nor be printed before the error that says what happened).
 pub(crate) fn guard<T, E>(f: impl FnOnce() -> Result<T, E>, on_panic: impl FnOnce(String) -> E) -> Result<T, E> {
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))
-        .unwrap_or_else(|panic| Err(on_panic(panic_message(&panic))))
+    medpatch_models::panics::catch_quietly(f).unwrap_or_else(|message| Err(on_panic(message)))
 }
 
 /// Data parallelism for runtimes that run one request on one core well but do not spread it

@@ -1,5 +1,5 @@
+use super::BackendError;
 use super::{Backend, BackendOptions, Precision, Provider};
-use super::{BackendError, panic_message};
 use crate::model::Model;
 use medpatch_models::contract::INPUT_NAME;
 use ort::ep;
@@ -23,18 +23,19 @@ pub fn default_ort_library() -> Option<PathBuf> {
         return Some(PathBuf::from(p));
     }
     let exe_dir = std::env::current_exe().ok()?.parent()?.to_path_buf();
-    for dir in [exe_dir.clone(), exe_dir.join("lib")] {
-        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
-        let mut found: Vec<PathBuf> = entries
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("libonnxruntime.so")))
-            .collect();
-        found.sort();
-        if let Some(p) = found.pop() {
-            return Some(p);
-        }
-    }
-    None
+    ort_library_in(&exe_dir).or_else(|| ort_library_in(&exe_dir.join("lib")))
+}
+
+/// The ONNX Runtime library (`libonnxruntime.so*`) in `dir`, the highest name when several are:
+/// how every front end finds it in a folder (the wheel's `onnxruntime/capi`, beside the executable).
+pub fn ort_library_in(dir: &Path) -> Option<PathBuf> {
+    let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
+        .ok()?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("libonnxruntime.so")))
+        .collect();
+    found.sort();
+    found.pop()
 }
 
 /// Load ONNX Runtime once per process. Later calls return the first outcome; asking for a
@@ -42,22 +43,20 @@ pub fn default_ort_library() -> Option<PathBuf> {
 fn environment(requested: Option<&Path>) -> Result<&'static ort::environment::Environment, String> {
     let outcome = ORT.get_or_init(|| {
         let path = requested.map(Path::to_path_buf).or_else(default_ort_library).ok_or_else(|| {
-            "ONNX Runtime library not found: pass --ort-lib PATH or set ORT_DYLIB_PATH to libonnxruntime.so \
+            "ONNX Runtime library not found: give the ONNX Runtime library option or set ORT_DYLIB_PATH to libonnxruntime.so \
              (e.g. from the onnxruntime or onnxruntime-gpu 1.31 wheel)"
                 .to_string()
         })?;
         let path = super::library_file(&path, "ONNX Runtime")?;
         // ort panics on some load failures (e.g. a version mismatch): keep that inside.
-        let env = std::panic::catch_unwind(|| -> Result<_, String> {
+        let env = medpatch_models::panics::catch_quietly(|| -> Result<_, String> {
             ort::init_from(&path)
                 .map_err(|e| format!("cannot load ONNX Runtime from {}: {e}", path.display()))?
                 .with_name("medpatch")
                 .build()
                 .map_err(|e| format!("cannot start ONNX Runtime from {}: {e}", path.display()))
         })
-        .unwrap_or_else(|panic| {
-            Err(format!("cannot load ONNX Runtime from {}: {}", path.display(), panic_message(&panic)))
-        })?;
+        .unwrap_or_else(|panic| Err(format!("cannot load ONNX Runtime from {}: {panic}", path.display())))?;
         Ok((OrtLibrary { path }, env))
     });
     match outcome {

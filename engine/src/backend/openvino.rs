@@ -10,13 +10,13 @@
 //! a bf16 hint on CPUs without BF16 and silently runs f32.
 
 use super::{Backend, BackendOptions, Precision, Provider};
-use super::{BackendError, guard, panic_message, run_in_parts};
+use super::{BackendError, guard, run_in_parts};
 use crate::model::Model;
 use ::openvino::{
     CompiledModel, Core, DeviceType, Dimension, ElementType, InferRequest, InferenceError, PartialShape, PropertyKey,
     RwPropertyKey, Shape, Tensor,
 };
-use std::panic::catch_unwind;
+use medpatch_models::panics::catch_quietly;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -34,8 +34,9 @@ fn is_c_library(name: &str) -> bool {
     rest.is_some_and(|rest| rest == "so" || rest.starts_with("so.") || rest.ends_with("dylib") || rest == "dll")
 }
 
-/// The OpenVINO C library in `dir`, if there is one (the highest name when several versions are).
-fn c_library_in(dir: &Path) -> Option<PathBuf> {
+/// The OpenVINO C library in `dir`, if there is one (the highest name when several versions are):
+/// how every front end finds it in a folder (the wheel's `openvino/libs`, beside the executable).
+pub fn c_library_in(dir: &Path) -> Option<PathBuf> {
     let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
         .ok()?
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -85,13 +86,13 @@ pub fn default_openvino_library() -> Option<PathBuf> {
             return Some(p);
         }
     }
-    catch_unwind(openvino_sys::library::find).ok().flatten().filter(|p| p.is_file())
+    catch_quietly(openvino_sys::library::find).ok().flatten().filter(|p| p.is_file())
 }
 
 fn not_found() -> String {
     format!(
         "OpenVINO library not found: `pip install openvino` (2025.1 or newer) into the active Python environment \
-         ($VIRTUAL_ENV or $CONDA_PREFIX), or pass --openvino-lib PATH or set {OPENVINO_LIBRARY_ENV} to its \
+         ($VIRTUAL_ENV or $CONDA_PREFIX), or give the OpenVINO library option or set {OPENVINO_LIBRARY_ENV} to its \
          libopenvino_c.so* (in site-packages/openvino/libs/), or put that library beside medpatch"
     )
 }
@@ -124,8 +125,7 @@ fn load(requested: Option<&Path>) -> Result<PathBuf, String> {
         }
         return Ok(path);
     }
-    let attempt = catch_unwind(|| openvino_sys::library::load_from(path.clone()))
-        .unwrap_or_else(|panic| Err(panic_message(&panic)));
+    let attempt = catch_quietly(|| openvino_sys::library::load_from(path.clone())).unwrap_or_else(Err);
     attempt.map_err(|e| format!("cannot load OpenVINO from {}: {e}", path.display()))?;
     *loaded = Some(path.clone());
     Ok(path)
@@ -180,7 +180,7 @@ impl OpenVinoBackend {
                 let name = core.get_property(&cpu, &PropertyKey::DeviceFullName).unwrap_or_else(|_| "this CPU".into());
                 return Err(format!(
                     "{name} does not report BF16 in OpenVINO's OPTIMIZATION_CAPABILITIES ({capabilities}): bf16 needs a \
-                     CPU with AVX512-BF16 or AMX; use --precision f32"
+                     CPU with AVX512-BF16 or AMX; use precision f32"
                 ));
             }
         }

@@ -227,7 +227,7 @@ pub fn self_check(
         let classes = model.num_classes();
         Err(format!(
             "{} results are too far from f32 on the self-check patches: patch {} class {} gave {} where f32 gives {} \
-             (allowed ±{:.3}); {check}. Use --precision f32",
+             (allowed ±{:.3}); {check}. Use precision f32",
             backend.precision(),
             at / classes,
             model.metadata.classes.get(at % classes).map_or("?", String::as_str),
@@ -314,7 +314,7 @@ mod tests {
             classes,
         );
         let err = self_check(&model, &far, &exact, REDUCED_PRECISION_BOUND).unwrap_err();
-        assert!(err.contains("patch 3 class") && err.contains("--precision f32"), "{err}");
+        assert!(err.contains("patch 3 class") && err.contains("precision f32"), "{err}");
         let nan = Fake(Provider::OpenVino, Precision::Bf16, |_| f32::NAN, classes);
         assert!(self_check(&model, &nan, &exact, REDUCED_PRECISION_BOUND).is_err());
     }
