@@ -6,7 +6,7 @@
 //! `int(0.025·1000) − 1` and `int(0.975·1000) − 1` and their mean, each rounded to 3 decimals.
 //! The paper's Tables 2–3 report these means.
 
-use crate::localization::nanmean;
+use crate::numpy::nanmean;
 
 /// MT19937 as numpy's legacy `RandomState` runs it.
 pub struct Mt19937 {

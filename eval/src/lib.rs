@@ -9,7 +9,7 @@
 //! * [`geometry`] — maps back to the original image: crop box or stretch, torch-exact bilinear.
 //! * [`localization`] — hit rate, mIoU (TP, FP, FN / TP only), the seed's threshold search;
 //!   [`chexlocalize_bootstrap`] — CheXlocalize's own 1,000-replicate summary (numpy's MT19937).
-//! * [`npy`] — `.npy` maps from other methods.
+//! * [`npy`] — `.npy` maps from other methods; [`numpy`] — numpy's summation, bit for bit.
 //! * [`report`], [`plot`] — markdown/CSV/JSON, thresholds files, ROC curves and saliency sheets.
 //! * [`rng`] — the reproducible generator shared with the trainer and the synthetic benchmark.
 
@@ -22,6 +22,7 @@ pub mod labels;
 pub mod localization;
 pub mod metrics;
 pub mod npy;
+pub mod numpy;
 pub mod plot;
 pub mod report;
 pub mod rle;

@@ -2,7 +2,6 @@
 //! calls (file, encoded bytes, pixel buffer, batch of files).
 
 use crate::options::{medpatch_options, options_ref};
-use crate::result::medpatch_result;
 use crate::status::{Failure, arg, free_boxed, guard, medpatch_status, out_arg, path_arg, slice_arg, status_of};
 use ::medpatch_engine::decode::GrayImage;
 use ::medpatch_engine::{Engine, Input, ModelOrigin, Prediction};
@@ -14,6 +13,18 @@ pub struct medpatch_engine {
     class_names: Vec<CString>,
     /// Providers `auto` skipped, and why.
     skipped: Vec<(CString, CString)>,
+}
+
+// Defined here, where the engine's predict calls make it; result.rs reads it.
+/// One image's prediction (opaque, immutable: readable from any thread).
+pub struct medpatch_result {
+    pub(crate) prediction: Prediction,
+}
+
+impl medpatch_result {
+    pub(crate) fn new(prediction: Prediction) -> Self {
+        Self { prediction }
+    }
 }
 
 fn c_string(text: &str) -> CString {

@@ -1,21 +1,10 @@
 //! `medpatch_result`: one image's prediction (immutable), its arrays, and the maps computed from
 //! it into caller buffers.
 
-use crate::engine::{medpatch_engine, provider_name};
+use crate::engine::{medpatch_engine, medpatch_result, provider_name};
 use crate::status::{Failure, arg, free_boxed, guard, medpatch_status, out_arg};
 use ::medpatch_engine::{MapKind, Prediction};
 use std::ffi::c_char;
-
-/// One image's prediction (opaque, immutable: readable from any thread).
-pub struct medpatch_result {
-    prediction: Prediction,
-}
-
-impl medpatch_result {
-    pub(crate) fn new(prediction: Prediction) -> Self {
-        Self { prediction }
-    }
-}
 
 /// Which saliency a map shows. Passed to functions as `uint32_t`.
 #[repr(C)]

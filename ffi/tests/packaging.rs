@@ -253,6 +253,12 @@ fn a_host_with_its_own_openjpeg_decodes_jpeg_2000_through_medpatch() {
         let out = run(Command::new("pkg-config").args([what, "libopenjp2"]));
         String::from_utf8_lossy(&out.stdout).split_whitespace().map(String::from).collect()
     };
+    // The library under its soname, as an installed prefix has it (cargo writes only libmedpatch.so).
+    let libdir = scratch.join("lib");
+    std::fs::create_dir_all(&libdir).unwrap();
+    for name in ["libmedpatch.so", "libmedpatch.so.0"] {
+        std::os::unix::fs::symlink(profile_dir().join("libmedpatch.so"), libdir.join(name)).unwrap();
+    }
     let program = scratch.join("openjpeg_beside");
     // The system OpenJPEG first on the command line: were libmedpatch to export opj_*, the host's
     // library would come first in symbol lookup and serve medpatch's calls too.
@@ -263,9 +269,9 @@ fn a_host_with_its_own_openjpeg_decodes_jpeg_2000_through_medpatch() {
         .args(openjpeg("--cflags"))
         .args(["-Wl,--no-as-needed"])
         .args(openjpeg("--libs"))
-        .arg(format!("-L{}", profile_dir().display()))
+        .arg(format!("-L{}", libdir.display()))
         .arg("-lmedpatch")
-        .arg(format!("-Wl,-rpath,{}", profile_dir().display()))
+        .arg(format!("-Wl,-rpath,{}", libdir.display()))
         .arg("-o")
         .arg(&program));
     let ldd = String::from_utf8_lossy(&run(Command::new("ldd").arg(&program)).stdout).into_owned();

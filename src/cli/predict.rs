@@ -208,7 +208,7 @@ pub fn report_engine(engine: &Engine) {
         let what = if model.metadata.source.starts_with("random initialisation") {
             "an UNTRAINED placeholder with random weights: its outputs mean nothing"
         } else {
-            "a small demo model trained on synthetic images"
+            "a demo model trained on synthetic X-rays only: on real X-rays its outputs mean nothing"
         };
         eprintln!(
             "medpatch: model: the embedded default model ({}), {what}. It is NOT a diagnostic model: \

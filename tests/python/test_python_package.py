@@ -287,3 +287,16 @@ def test_export_equals_the_cli_byte_for_byte(tmp_path):
         medpatch.export(tmp_path / "none.pt", tmp_path / "x.onnx")
     with pytest.raises(ValueError, match="unknown architecture"):
         medpatch.export(weights, tmp_path / "x.onnx", arch="resnet50")
+
+
+def test_the_type_stubs_match_the_built_module():
+    """mypy's stubtest compares python/medpatch/_medpatch.pyi with the installed extension: every
+    class, method, parameter and default the stub declares must exist at run time, and the other
+    way round, so the stubs cannot drift from the Rust code."""
+    result = subprocess.run(
+        [sys.executable, "-m", "mypy.stubtest", "medpatch._medpatch", "--concise"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr

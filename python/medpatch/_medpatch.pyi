@@ -1,15 +1,27 @@
-"""Type stubs for medpatch (the Rust extension medpatch._medpatch re-exported)."""
+"""Type stubs for medpatch._medpatch, the Rust extension (re-exported by medpatch/__init__.py); checked
+against the built module by mypy.stubtest (tests/python/test_python_package.py)."""
 
 import os
-from typing import Iterable, Literal, Sequence
+from typing import Iterable, Literal, Sequence, final
 
 import numpy as np
 import numpy.typing as npt
 
 __version__: str
+__all__ = [
+    "Engine",
+    "Result",
+    "export",
+    "Error",
+    "DecodeError",
+    "ModelError",
+    "ProviderUnavailableError",
+    "BackendError",
+    "__version__",
+]
 
-ImageInput = str | os.PathLike[str] | bytes | bytearray | npt.NDArray[np.float32] | npt.NDArray[np.float64] | npt.NDArray[np.uint8] | npt.NDArray[np.uint16]
-MapKind = Literal["raw", "scaled"]
+_ImageInput = str | os.PathLike[str] | bytes | bytearray | npt.NDArray[np.float32] | npt.NDArray[np.float64] | npt.NDArray[np.uint8] | npt.NDArray[np.uint16]
+_MapKind = Literal["raw", "scaled"]
 
 class Error(Exception):
     """Base class of medpatch's own errors."""
@@ -26,6 +38,7 @@ class ProviderUnavailableError(Error):
 class BackendError(Error):
     """The backend failed while running the model (or produced non-finite outputs)."""
 
+@final
 class Result:
     """One image's prediction. Its arrays are read-only and owned by the result."""
 
@@ -51,11 +64,12 @@ class Result:
     def as_dict(self) -> dict[str, float]:
         """{class name: probability}."""
 
+@final
 class Engine:
     """A MedicalPatchNet model on an execution provider. Thread-safe: share one between threads."""
 
-    def __init__(
-        self,
+    def __new__(
+        cls,
         model: str | os.PathLike[str] | bytes | None = None,
         *,
         provider: Literal["auto", "tensorrt", "cuda", "cpu", "openvino", "tract"] = "auto",
@@ -64,28 +78,28 @@ class Engine:
         batch_size: int | None = None,
         ort_library: str | os.PathLike[str] | None = None,
         openvino_library: str | os.PathLike[str] | None = None,
-    ) -> None:
+    ) -> Engine:
         """model: None (embedded demo model, NOT diagnostic), an ONNX file from `medpatch export`,
         or its bytes. provider "auto" tries TensorRT, CUDA, ONNX Runtime CPU, OpenVINO, then tract.
         precision: "bf16" (OpenVINO, CPUs with BF16) or "fp16" (TensorRT) are checked against f32.
         threads: intra-op threads (0 = all cores). batch_size: patches per backend call.
         ort_library / openvino_library: the runtime's library (default: ORT_DYLIB_PATH /
         OPENVINO_LIB_PATH, then this environment's onnxruntime / openvino wheel)."""
-    def predict(self, image: ImageInput) -> Result:
+    def predict(self, image: _ImageInput) -> Result:
         """Predict one X-ray. Raises FileNotFoundError, DecodeError, ValueError, TypeError, ..."""
     def predict_many(
-        self, images: Iterable[ImageInput], *, images_per_batch: int | None = None
+        self, images: Iterable[_ImageInput], *, images_per_batch: int | None = None
     ) -> list[Result | BaseException]:
         """Predict in batches; one Result or exception object (not raised) per input, in order."""
-    def saliency(self, result: Result, kind: MapKind = "raw") -> npt.NDArray[np.float32]:
+    def saliency(self, result: Result, kind: _MapKind = "raw") -> npt.NDArray[np.float32]:
         """(classes, size, size) map: each patch's raw or scaled logit over its square."""
-    def dense_map(self, result: Result, shift_steps: int = 8, kind: MapKind = "raw") -> npt.NDArray[np.float32]:
+    def dense_map(self, result: Result, shift_steps: int = 8, kind: _MapKind = "raw") -> npt.NDArray[np.float32]:
         """The paper's dense shift-averaged map, (classes, size, size), shift_steps² forward passes."""
     def overlay(
         self,
         result: Result,
         cls: str | int,
-        kind: MapKind = "raw",
+        kind: _MapKind = "raw",
         shift_steps: int | None = None,
         logit_range: float | None = None,
     ) -> npt.NDArray[np.uint8]:
