@@ -22,7 +22,6 @@ pub use forward::{Destination, Timeouts, echo};
 pub use scp::MapClasses;
 
 use dicom_ul::ServerAssociationOptions;
-use medpatch_dicom_out::Algorithm;
 use medpatch_engine::Engine;
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
@@ -72,6 +71,8 @@ pub struct NodeConfig {
     pub destination: Destination,
     pub queue: PathBuf,
     pub map: MapClasses,
+    /// The patch logit at which overlays saturate (default: the model's own range).
+    pub overlay_logit_range: Option<f32>,
     pub timeouts: Timeouts,
     pub retry_first: Duration,
     pub retry_max: Duration,
@@ -88,7 +89,7 @@ pub enum NodeError {
 }
 
 /// Run the node until the process ends: listen, serve, forward.
-pub fn run(engine: Engine, algorithm: Algorithm, config: NodeConfig) -> Result<(), NodeError> {
+pub fn run(engine: Engine, config: NodeConfig) -> Result<(), NodeError> {
     let queue = Arc::new(
         queue::Outbox::open(&config.queue).map_err(|source| NodeError::Queue { path: config.queue.clone(), source })?,
     );
@@ -119,8 +120,8 @@ pub fn run(engine: Engine, algorithm: Algorithm, config: NodeConfig) -> Result<(
     }
     let processor = Arc::new(scp::Processor {
         engine: Arc::new(engine),
-        algorithm,
         map: config.map.clone(),
+        overlay_logit_range: config.overlay_logit_range,
         queue,
         wake: Mutex::new(wake),
     });

@@ -8,28 +8,26 @@ use crate::queue::Outbox;
 use dicom_ul::association::Association;
 use dicom_ul::pdu::{PDataValue, PDataValueType};
 use dicom_ul::{Pdu, ServerAssociation};
-use medpatch_dicom_out::{Algorithm, Findings, Options, SourceImage};
+use medpatch_dicom_out::{Findings, SourceImage};
 use medpatch_engine::{Engine, Input};
 use std::net::TcpStream;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::mpsc::Sender;
-use std::time::SystemTime;
 
 /// Which classes get a segment and an overlay.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum MapClasses {
     /// Those called present (at the model's thresholds, else 0.5); the most probable if none is.
     Default,
-    All,
     Only(Vec<usize>),
 }
 
 /// Everything a C-STORE needs, shared by the association threads.
 pub struct Processor {
     pub engine: Arc<Engine>,
-    pub algorithm: Algorithm,
     pub map: MapClasses,
+    pub overlay_logit_range: Option<f32>,
     pub queue: Arc<Outbox>,
     pub wake: Mutex<Sender<()>>,
 }
@@ -71,20 +69,17 @@ impl Processor {
             Err(e) => return refuse(status::PROCESSING_FAILURE, e.to_string()),
         };
         let metadata = &self.engine.model().metadata;
-        let findings = Findings {
-            classes: &metadata.classes,
-            probabilities: &prediction.probabilities,
-            patch_logits: &prediction.patch_logits,
-            grid: prediction.grid,
-            thresholds: metadata.thresholds.as_deref(),
-        };
         let map_classes = match &self.map {
-            MapClasses::Default => findings.default_map_classes(),
-            MapClasses::All => (0..metadata.classes.len()).collect(),
-            MapClasses::Only(list) => list.clone(),
+            MapClasses::Default => None,
+            MapClasses::Only(list) => Some(list.as_slice()),
         };
-        let options = Options { map_classes, created: SystemTime::now() };
-        let objects = match medpatch_dicom_out::build(&source, &findings, &self.algorithm, &options) {
+        let objects = match medpatch_dicom_out::for_prediction(
+            &self.engine,
+            &source,
+            &prediction,
+            map_classes,
+            self.overlay_logit_range,
+        ) {
             Ok(o) => o,
             Err(e) => return refuse(status::PROCESSING_FAILURE, e.to_string()),
         };
@@ -101,6 +96,7 @@ impl Processor {
         if let Ok(wake) = self.wake.lock() {
             let _ = wake.send(());
         }
+        let findings = Findings::of(self.engine.model(), &prediction);
         let present: Vec<&str> = (0..metadata.classes.len())
             .filter(|&i| findings.is_present(i))
             .map(|i| metadata.classes[i].as_str())

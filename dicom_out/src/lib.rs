@@ -26,6 +26,7 @@ pub use codes::{Code, FindingCodes, LOCAL_SCHEME, finding_codes};
 pub use source::SourceImage;
 
 use dicom_object::{FileDicomObject, FileMetaTableBuilder, InMemDicomObject};
+use medpatch_engine::{Engine, Model, Prediction};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
@@ -76,18 +77,24 @@ pub struct Algorithm {
 }
 
 impl Algorithm {
-    /// The algorithm as medpatch describes itself, for a model file of these bytes.
-    pub fn medpatch(model_name: &str, model_bytes: &[u8], overlay_logit_range: f32) -> Algorithm {
-        use sha2::{Digest, Sha256};
-        let digest = Sha256::digest(model_bytes);
+    /// The algorithm as medpatch describes itself, for a model of this name and SHA-256.
+    pub fn medpatch(model_name: &str, model_sha256: &str, overlay_logit_range: f32) -> Algorithm {
         Algorithm {
             name: "MedicalPatchNet".into(),
             version: env!("CARGO_PKG_VERSION").into(),
             manufacturer: "medpatch".into(),
             model_name: model_name.chars().take(64).collect(),
-            model_sha256: digest.iter().map(|b| format!("{b:02x}")).collect(),
+            model_sha256: model_sha256.to_string(),
             overlay_logit_range,
         }
+    }
+
+    /// `engine`'s model as the algorithm: its file name and hash; the overlays saturate at
+    /// `overlay_logit_range` (default: the model's own range).
+    pub fn for_engine(engine: &Engine, overlay_logit_range: Option<f32>) -> Algorithm {
+        let model = engine.model();
+        let range = overlay_logit_range.unwrap_or_else(|| model.metadata.overlay_logit_range());
+        Algorithm::medpatch(&model.name(), model.sha256(), range)
     }
     /// A stable identity for this model as a device (Device UID, Device Observer UID).
     pub fn device_uid(&self) -> String {
@@ -118,7 +125,18 @@ pub struct Findings<'a> {
     pub thresholds: Option<&'a [f32]>,
 }
 
-impl Findings<'_> {
+impl<'a> Findings<'a> {
+    /// `prediction`'s findings, in `model`'s class order, with its thresholds.
+    pub fn of(model: &'a Model, prediction: &'a Prediction) -> Self {
+        Findings {
+            classes: &model.metadata.classes,
+            probabilities: &prediction.probabilities,
+            patch_logits: &prediction.patch_logits,
+            grid: prediction.grid,
+            thresholds: model.metadata.thresholds.as_deref(),
+        }
+    }
+
     fn check(&self) -> Result<(), DicomOutError> {
         let n = self.classes.len();
         let bad = |m: String| Err(DicomOutError::Findings(m));
@@ -207,11 +225,7 @@ impl ResultObjects {
             ObjectKind::StructuredReport => format!("{stem}.sr.dcm"),
             ObjectKind::Segmentation => format!("{stem}.seg.dcm"),
             ObjectKind::Overlay(c) => {
-                let safe: String = classes[c]
-                    .chars()
-                    .map(|ch| if ch.is_ascii_alphanumeric() { ch.to_ascii_lowercase() } else { '_' })
-                    .collect();
-                format!("{stem}.overlay.{c:02}-{safe}.dcm")
+                format!("{stem}.overlay.{c:02}-{}.dcm", medpatch_models::contract::class_file_names(classes)[c])
             }
         }
     }
@@ -276,6 +290,43 @@ fn finish(
         .implementation_version_name(IMPLEMENTATION_VERSION_NAME);
     let file = obj.with_meta(meta).map_err(|e| DicomOutError::Encode(e.to_string()))?;
     Ok(ResultObject { kind, sop_class_uid: class_uid.into(), sop_instance_uid: instance_uid.into(), file })
+}
+
+/// The result objects of `prediction`, made by `engine` from `source`, for the classes
+/// `map_classes` (default: those called present, else the most probable); the overlays saturate
+/// at `overlay_logit_range` (default: the model's). What every front end calls: the CLI, the
+/// node, the C ABI and Python.
+pub fn for_prediction(
+    engine: &Engine,
+    source: &SourceImage,
+    prediction: &Prediction,
+    map_classes: Option<&[usize]>,
+    overlay_logit_range: Option<f32>,
+) -> Result<ResultObjects, DicomOutError> {
+    let findings = Findings::of(engine.model(), prediction);
+    let map_classes = map_classes.map_or_else(|| findings.default_map_classes(), <[usize]>::to_vec);
+    let options = Options { map_classes, created: SystemTime::now() };
+    build(source, &findings, &Algorithm::for_engine(engine, overlay_logit_range), &options)
+}
+
+/// The results of `prediction` on the DICOM file `source`, written into `dir` (made if missing)
+/// as `<SOP Instance UID>.sr.dcm`, `.seg.dcm` and `.overlay.<NN>-<class>.dcm`, each whole or not
+/// at all; the paths written, in order. See [`for_prediction`] for the classes and the range.
+pub fn write_for_file(
+    engine: &Engine,
+    prediction: &Prediction,
+    source: &Path,
+    dir: &Path,
+    map_classes: Option<&[usize]>,
+    overlay_logit_range: Option<f32>,
+) -> Result<Vec<PathBuf>, DicomOutError> {
+    let name = source.display().to_string();
+    let bytes = medpatch_models::read_regular_file(source, medpatch_engine::decode::MAX_FILE_BYTES)
+        .map_err(|e| DicomOutError::Source { name: name.clone(), problem: e.to_string() })?;
+    let source = SourceImage::from_bytes(&bytes, &name)?;
+    let objects = for_prediction(engine, &source, prediction, map_classes, overlay_logit_range)?;
+    std::fs::create_dir_all(dir).map_err(|source| DicomOutError::Write { path: dir.to_path_buf(), source })?;
+    objects.write_to_dir(dir, &source.sop_instance_uid, &engine.model().metadata.classes)
 }
 
 /// Build the result objects of one prediction on `source`.

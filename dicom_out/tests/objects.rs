@@ -34,7 +34,7 @@ fn probabilities(patch_logits: &[f32]) -> Vec<f32> {
 }
 
 fn algorithm() -> Algorithm {
-    Algorithm::medpatch("test-model.onnx", b"model bytes", 4.0)
+    Algorithm::medpatch("test-model.onnx", &"ab".repeat(32), 4.0)
 }
 
 fn at(seconds: u64) -> SystemTime {
@@ -182,7 +182,7 @@ fn objects_pass_dciodvfy_and_hold_the_prediction() {
         assert_eq!(a.sop_instance_uid, b.sop_instance_uid);
         assert!(medpatch_dicom_out::uid::is_valid_uid(&a.sop_instance_uid));
     }
-    let other_model = Algorithm::medpatch("other.onnx", b"other bytes", 4.0);
+    let other_model = Algorithm::medpatch("other.onnx", &"cd".repeat(32), 4.0);
     let other = build(&source, &findings, &other_model, &options).unwrap();
     assert_ne!(other.objects[0].sop_instance_uid, objects.objects[0].sop_instance_uid);
 }

@@ -41,6 +41,8 @@ pub struct Model {
     pub origin: ModelOrigin,
     /// Input channels (1 for MedicalPatchNet).
     pub channels: usize,
+    /// The SHA-256 of `bytes`, computed when first asked for and shared by clones.
+    digest: Arc<std::sync::OnceLock<String>>,
 }
 
 impl Model {
@@ -102,7 +104,26 @@ impl Model {
                 show_dims(&out_dims)
             )));
         }
-        Ok(Self { bytes, metadata, origin, channels })
+        Ok(Self { bytes, metadata, origin, channels, digest: Arc::default() })
+    }
+
+    /// SHA-256 (hex) of the model file: what identifies it in results (DICOM's algorithm
+    /// identification). Computed once.
+    pub fn sha256(&self) -> &str {
+        self.digest.get_or_init(|| {
+            use sha2::Digest;
+            sha2::Sha256::digest(&*self.bytes).iter().map(|b| format!("{b:02x}")).collect()
+        })
+    }
+
+    /// The model's name in results that leave this machine: its file name, not its path.
+    pub fn name(&self) -> String {
+        match &self.origin {
+            ModelOrigin::File(path) => {
+                path.file_name().map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into_owned())
+            }
+            other => other.to_string(),
+        }
     }
 
     pub fn num_classes(&self) -> usize {

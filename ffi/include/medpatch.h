@@ -555,6 +555,26 @@ enum medpatch_status medpatch_result_dense_map(const struct medpatch_engine *eng
                                                size_t out_len);
 
 /**
+ * Write the DICOM results of `result` into the folder `out_dir` (made if missing): a TID 1500
+ * Comprehensive 3D SR with every finding's probability, a FRACTIONAL segmentation of the patch
+ * maps and a secondary-capture overlay per mapped class, all in the study of `source_dicom`, the
+ * DICOM file the result was predicted from (`<SOP Instance UID>.sr.dcm`, `.seg.dcm`,
+ * `.overlay.<NN>-<class>.dcm`). Mapped classes: those called present (at the model's
+ * thresholds, else 0.5), else the most probable. `*written` receives the number of files. A
+ * source that is not DICOM is `MEDPATCH_STATUS_INVALID_ARGUMENT`; an unreadable one
+ * `MEDPATCH_STATUS_IO`; a folder that cannot be written `MEDPATCH_STATUS_IO`.
+ *
+ * # Safety
+ * `engine`, `result` must be NULL or valid; the strings NULL or NUL-terminated; `written` NULL or
+ * writable.
+ */
+enum medpatch_status medpatch_result_write_dicom(const struct medpatch_engine *engine,
+                                                 const struct medpatch_result *result,
+                                                 const char *source_dicom,
+                                                 const char *out_dir,
+                                                 size_t *written);
+
+/**
  * The status's name, e.g. `"MEDPATCH_STATUS_DECODE"`: a static string, never freed. Unknown
  * values give `"MEDPATCH_STATUS_UNKNOWN"`.
  */

@@ -2,7 +2,7 @@
 //! it into caller buffers.
 
 use crate::engine::{medpatch_engine, medpatch_result, provider_name};
-use crate::status::{Failure, arg, free_boxed, guard, medpatch_status, out_arg};
+use crate::status::{Failure, arg, free_boxed, guard, medpatch_status, out_arg, path_arg};
 use ::medpatch_engine::{MapKind, Prediction};
 use std::ffi::c_char;
 
@@ -231,6 +231,47 @@ pub unsafe extern "C" fn medpatch_result_dense_map(
         let kind = map_kind(kind)?;
         let (engine, prediction, out) = map_target(engine, result, out, out_len)?;
         out.copy_from_slice(&engine.engine.map(prediction, kind, shift_steps)?);
+        Ok(())
+    })
+}
+
+/// Write the DICOM results of `result` into the folder `out_dir` (made if missing): a TID 1500
+/// Comprehensive 3D SR with every finding's probability, a FRACTIONAL segmentation of the patch
+/// maps and a secondary-capture overlay per mapped class, all in the study of `source_dicom`, the
+/// DICOM file the result was predicted from (`<SOP Instance UID>.sr.dcm`, `.seg.dcm`,
+/// `.overlay.<NN>-<class>.dcm`). Mapped classes: those called present (at the model's
+/// thresholds, else 0.5), else the most probable. `*written` receives the number of files. A
+/// source that is not DICOM is `MEDPATCH_STATUS_INVALID_ARGUMENT`; an unreadable one
+/// `MEDPATCH_STATUS_IO`; a folder that cannot be written `MEDPATCH_STATUS_IO`.
+///
+/// # Safety
+/// `engine`, `result` must be NULL or valid; the strings NULL or NUL-terminated; `written` NULL or
+/// writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn medpatch_result_write_dicom(
+    engine: *const medpatch_engine,
+    result: *const medpatch_result,
+    source_dicom: *const c_char,
+    out_dir: *const c_char,
+    written: *mut usize,
+) -> medpatch_status {
+    use medpatch_dicom_out::DicomOutError;
+    guard(|| {
+        let engine = arg(engine, "engine")?;
+        let prediction = &arg(result, "result")?.prediction;
+        let source = path_arg(source_dicom, "source_dicom")?;
+        let dir = path_arg(out_dir, "out_dir")?;
+        let written = out_arg(written, "written")?;
+        let files =
+            medpatch_dicom_out::write_for_file(&engine.engine, prediction, &source, &dir, None, None).map_err(|e| {
+                let status = match e {
+                    DicomOutError::NotDicom { .. } | DicomOutError::Findings(_) => medpatch_status::InvalidArgument,
+                    DicomOutError::Source { .. } | DicomOutError::Write { .. } => medpatch_status::Io,
+                    DicomOutError::Encode(_) => medpatch_status::Internal,
+                };
+                Failure::new(status, e.to_string())
+            })?;
+        *written = files.len();
         Ok(())
     })
 }

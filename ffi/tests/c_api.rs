@@ -463,3 +463,50 @@ fn eight_threads_share_one_engine_and_keep_their_own_errors() {
     let mut engine = engine.0;
     unsafe { medpatch_engine_free(&mut engine) };
 }
+
+#[test]
+fn dicom_results_are_written_for_a_dicom_source_and_refused_for_others() {
+    let dicom = repo().join("../shared/data/cxr/dicom/RG1_UNCR.dcm");
+    if !dicom.is_file() {
+        eprintln!("skipped: {} is absent", dicom.display());
+        return;
+    }
+    let out = repo().join("target/test-scratch/c-api-dicom");
+    let _ = std::fs::remove_dir_all(&out);
+    let (source, out_dir) =
+        (CString::new(dicom.to_str().unwrap()).unwrap(), CString::new(out.to_str().unwrap()).unwrap());
+    unsafe {
+        let mut engine = tract_engine();
+        let mut result = null_mut();
+        expect(medpatch_predict_file(engine, source.as_ptr(), &mut result), medpatch_status::Ok, "");
+        let mut written = usize::MAX;
+        expect(
+            medpatch_result_write_dicom(engine, result, source.as_ptr(), out_dir.as_ptr(), &mut written),
+            medpatch_status::Ok,
+            "",
+        );
+        // The SR, the segmentation and at least one overlay (the most probable class, if none is present).
+        let files: Vec<PathBuf> = std::fs::read_dir(&out).unwrap().map(|e| e.unwrap().path()).collect();
+        assert!(written >= 3 && files.len() == written, "{written} reported, {files:?}");
+        for file in &files {
+            let bytes = std::fs::read(file).unwrap();
+            assert_eq!(&bytes[128..132], b"DICM", "{}", file.display());
+        }
+        assert!(files.iter().any(|f| f.to_string_lossy().ends_with(".sr.dcm")));
+        // A PNG is no DICOM source: refused, nothing written, the count untouched.
+        let mut count = 7;
+        expect(
+            medpatch_result_write_dicom(engine, result, bundled_xray().as_ptr(), out_dir.as_ptr(), &mut count),
+            medpatch_status::InvalidArgument,
+            "DICOM results need a DICOM input",
+        );
+        assert_eq!(count, 7);
+        expect(
+            medpatch_result_write_dicom(engine, result, null(), out_dir.as_ptr(), &mut count),
+            medpatch_status::NullArgument,
+            "source_dicom is NULL",
+        );
+        medpatch_result_free(&mut result);
+        medpatch_engine_free(&mut engine);
+    }
+}

@@ -105,6 +105,17 @@ class Engine:
     ) -> npt.NDArray[np.uint8]:
         """(size, size, 4) RGBA colour layer (alpha 128) in the paper's colours, saturating at a patch
         logit of ±logit_range (default: overlay_logit_range); draw over result.image."""
+    def write_dicom(
+        self,
+        result: Result,
+        source: str | os.PathLike[str],
+        out_dir: str | os.PathLike[str],
+        classes: Sequence[str | int] | None = None,
+    ) -> list[str]:
+        """DICOM results for the DICOM file `source` the result was predicted from, into `out_dir`: a TID 1500
+        SR, a FRACTIONAL segmentation of the patch maps, an overlay per mapped class, in the source's study.
+        classes: names or indices to map (default: those called present, else the most probable). Returns
+        the paths written; a source that is not DICOM raises ValueError."""
     @property
     def overlay_logit_range(self) -> float:
         """The patch logit at which this model's overlays saturate (its calibrated range, else the paper's 80)."""

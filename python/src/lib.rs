@@ -482,6 +482,44 @@ impl Engine {
         frozen_array(py, self.map(py, result, kind, Some(shift_steps))?, &[c, side, side])
     }
 
+    /// DICOM results of `result` for the DICOM file `source` it was predicted from, written into
+    /// the folder `out_dir` (made if missing): a TID 1500 Comprehensive 3D SR with every finding's
+    /// probability, a FRACTIONAL segmentation of the patch maps and a secondary-capture overlay
+    /// per mapped class, in the source's study. `classes`: names or indices to map (default:
+    /// those called present, else the most probable). Returns the paths written. A source that is
+    /// not DICOM raises ValueError.
+    #[pyo3(signature = (result, source, out_dir, classes=None))]
+    fn write_dicom(
+        &self,
+        py: Python<'_>,
+        result: &PredictionResult,
+        source: PathBuf,
+        out_dir: PathBuf,
+        classes: Option<Vec<Bound<'_, PyAny>>>,
+    ) -> PyResult<Vec<String>> {
+        let prediction = self.prediction(py, result, false)?;
+        let chosen = classes.map(|list| list.iter().map(|c| self.class_index(c)).collect::<PyResult<Vec<usize>>>());
+        let chosen = chosen.transpose()?;
+        let written = py
+            .detach(|| {
+                medpatch_dicom_out::write_for_file(
+                    &self.engine,
+                    &prediction,
+                    &source,
+                    &out_dir,
+                    chosen.as_deref(),
+                    None,
+                )
+            })
+            .map_err(|e| match e {
+                medpatch_dicom_out::DicomOutError::NotDicom { .. } | medpatch_dicom_out::DicomOutError::Findings(_) => {
+                    PyValueError::new_err(e.to_string())
+                }
+                other => Error::new_err(other.to_string()),
+            })?;
+        Ok(written.iter().map(|p| p.display().to_string()).collect())
+    }
+
     /// The paper's overlay colours for one class, uint8 RGBA (size, size, 4) with alpha 128: red
     /// = evidence for, blue = against, white = neutral. Draw it over `result.image` (e.g.
     /// `plt.imshow(r.image, cmap="gray"); plt.imshow(layer)`). `cls`: a class name or index.

@@ -1,6 +1,6 @@
 //! `medpatch dicom-node`: the DICOM node (the `medpatch-dicom-node` crate) from the command line.
 
-use super::{EngineArgs, dicom_results, exit};
+use super::{EngineArgs, exit};
 use anyhow::Result;
 use clap::Args;
 use medpatch_dicom_node::{Destination, MapClasses, NodeConfig, Timeouts};
@@ -75,28 +75,14 @@ pub fn run(args: DicomNodeArgs) -> Result<ExitCode> {
     let engine = args.engine.build()?;
     super::predict::report_engine(&engine);
     let classes = &engine.model().metadata.classes;
-    let map = match &args.classes {
-        None => MapClasses::Default,
-        Some(list) if list.len() == 1 && list[0] == "all" => MapClasses::All,
-        Some(list) => {
-            let mut indices = Vec::new();
-            for name in list {
-                match classes.iter().position(|c| c.eq_ignore_ascii_case(name.trim())) {
-                    Some(i) => indices.push(i),
-                    None => {
-                        eprintln!(
-                            "medpatch: error: unknown class '{name}'; the model's classes are: {}",
-                            classes.join(", ")
-                        );
-                        return Ok(exit::usage());
-                    }
-                }
-            }
-            MapClasses::Only(indices)
+    let map = match super::chosen_classes(args.classes.as_deref(), classes) {
+        Ok(None) => MapClasses::Default,
+        Ok(Some(list)) => MapClasses::Only(list),
+        Err(problem) => {
+            eprintln!("medpatch: error: {problem}");
+            return Ok(exit::usage());
         }
     };
-    let overlay_range = args.overlay_range.unwrap_or_else(|| engine.model().metadata.overlay_logit_range());
-    let algorithm = dicom_results::algorithm(&engine, overlay_range);
     let retry_max = Duration::from_secs_f64(args.retry_max);
     let config = NodeConfig {
         ae_title: args.ae_title,
@@ -104,11 +90,12 @@ pub fn run(args: DicomNodeArgs) -> Result<ExitCode> {
         destination: args.destination,
         queue: args.queue,
         map,
+        overlay_logit_range: args.overlay_range,
         timeouts,
         retry_first: Duration::from_secs(1).min(retry_max),
         retry_max,
         max_associations: 16,
     };
-    medpatch_dicom_node::run(engine, algorithm, config)?;
+    medpatch_dicom_node::run(engine, config)?;
     Ok(ExitCode::SUCCESS)
 }

@@ -78,6 +78,24 @@ impl EngineArgs {
     }
 }
 
+/// `--classes`: comma-separated names (matched without regard to ASCII case) or `all`, as model
+/// class indices; `None` when not given. An unknown name is a usage error listing the classes.
+pub fn chosen_classes(list: Option<&[String]>, classes: &[String]) -> Result<Option<Vec<usize>>, String> {
+    let Some(list) = list else { return Ok(None) };
+    if list.len() == 1 && list[0] == "all" {
+        return Ok(Some((0..classes.len()).collect()));
+    }
+    list.iter()
+        .map(|name| {
+            classes
+                .iter()
+                .position(|c| c.eq_ignore_ascii_case(name.trim()))
+                .ok_or_else(|| format!("unknown class '{name}'; the model's classes are: {}", classes.join(", ")))
+        })
+        .collect::<Result<Vec<usize>, String>>()
+        .map(Some)
+}
+
 /// A progress bar on stderr for `len` images: hidden with `--quiet`, for fewer than two images,
 /// and when stderr is not a terminal (a log file gets no bar).
 pub fn progress_bar(len: usize, quiet: bool) -> indicatif::ProgressBar {

@@ -100,24 +100,11 @@ pub fn run(args: PredictArgs) -> Result<ExitCode> {
         MapChoice::Raw => MapKind::Raw,
         MapChoice::Scaled => MapKind::Scaled,
     };
-    let chosen_classes = match &args.classes {
-        None => None,
-        Some(list) if list.len() == 1 && list[0] == "all" => Some((0..classes.len()).collect::<Vec<_>>()),
-        Some(list) => {
-            let mut indices = Vec::new();
-            for name in list {
-                match classes.iter().position(|c| c.eq_ignore_ascii_case(name.trim())) {
-                    Some(i) => indices.push(i),
-                    None => {
-                        eprintln!(
-                            "medpatch: error: unknown class '{name}'; the model's classes are: {}",
-                            classes.join(", ")
-                        );
-                        return Ok(exit::usage());
-                    }
-                }
-            }
-            Some(indices)
+    let chosen_classes = match super::chosen_classes(args.classes.as_deref(), classes) {
+        Ok(chosen) => chosen,
+        Err(problem) => {
+            eprintln!("medpatch: error: {problem}");
+            return Ok(exit::usage());
         }
     };
     if let Some(dir) = &args.out {

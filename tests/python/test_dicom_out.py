@@ -349,3 +349,29 @@ def test_node_survives_bad_input_concurrent_senders_and_pacs_outages(pacs, input
     wait_for(lambda: results_arrived(orthanc, late), 60, "the pending results after Orthanc restarted")
     wait_for(lambda: not node.owed(), 30, "the queue to empty")
     assert node.process.poll() is None
+
+
+def test_the_python_package_writes_the_same_objects_as_the_cli(tmp_path, inputs):
+    """Engine.write_dicom (the package's door to the same crate) gives the CLI's objects, byte for
+    byte but for the creation date and time, and refuses a source that is not DICOM."""
+    import medpatch
+
+    source = inputs["rg1"]
+    records, _ = run_predict([source], tmp_path / "out", ["--dicom-out", str(tmp_path / "cli"), "--classes", "Cardiomegaly"])
+    engine = medpatch.Engine(provider="tract", threads=2)
+    result = engine.predict(str(source))
+    written = [Path(p) for p in engine.write_dicom(result, source, tmp_path / "python", classes=["Cardiomegaly"])]
+    cli = [Path(p) for p in records[0]["dicom_outputs"]]
+    assert [p.name for p in written] == [p.name for p in cli]
+    for ours, theirs in zip(written, cli):
+        a, b = pydicom.dcmread(ours), pydicom.dcmread(theirs)
+        for ds in (a, b):
+            for keyword in ("ContentDate", "ContentTime", "InstanceCreationDate", "InstanceCreationTime"):
+                if keyword in ds:
+                    delattr(ds, keyword)
+        assert a.SOPInstanceUID == b.SOPInstanceUID, "the UIDs are derived, so the same inputs give the same UIDs"
+        if "PixelData" in a:
+            assert a.PixelData == b.PixelData, ours.name
+    with pytest.raises(ValueError, match="DICOM results need a DICOM input"):
+        engine.write_dicom(result, REPO / "assets" / "00001369_000.png", tmp_path / "never")
+    assert not (tmp_path / "never").exists()
