@@ -12,13 +12,8 @@ use std::time::{Duration, Instant};
 /// Run `medpatch` (tract only, like a fresh machine) and kill it if it outlives `limit`: a hang is
 /// a failure of the test, not of the suite.
 fn medpatch_within(args: &[&str], limit: Duration) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_medpatch"))
+    let mut child = without_runtimes(env!("CARGO_BIN_EXE_medpatch"))
         .args(args)
-        .current_dir(repo_root())
-        .env_remove("ORT_DYLIB_PATH")
-        .env_remove("OPENVINO_LIB_PATH")
-        .env_remove("VIRTUAL_ENV")
-        .env_remove("CONDA_PREFIX")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()

@@ -20,14 +20,7 @@ fn venv_openvino_libs() -> PathBuf {
 
 /// `medpatch` with neither ONNX Runtime nor OpenVINO findable unless the caller adds them.
 fn bare_medpatch() -> Command {
-    let mut cli = Command::new(env!("CARGO_BIN_EXE_medpatch"));
-    cli.current_dir(repo_root());
-    for var in
-        ["ORT_DYLIB_PATH", "OPENVINO_LIB_PATH", "VIRTUAL_ENV", "CONDA_PREFIX", "INTEL_OPENVINO_DIR", "LD_LIBRARY_PATH"]
-    {
-        cli.env_remove(var);
-    }
-    cli
+    without_runtimes(env!("CARGO_BIN_EXE_medpatch"))
 }
 
 fn run(cli: &mut Command, args: &[&str]) -> (Output, String) {

@@ -5,17 +5,9 @@ use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+/// The quick start needs neither ONNX Runtime nor OpenVINO: tract runs.
 fn medpatch(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_medpatch"))
-        .args(args)
-        .current_dir(repo_root())
-        // The quick start needs neither ONNX Runtime nor OpenVINO: tract runs.
-        .env_remove("ORT_DYLIB_PATH")
-        .env_remove("OPENVINO_LIB_PATH")
-        .env_remove("VIRTUAL_ENV")
-        .env_remove("CONDA_PREFIX")
-        .output()
-        .unwrap()
+    without_runtimes(env!("CARGO_BIN_EXE_medpatch")).args(args).output().unwrap()
 }
 
 fn jsonl(out: &Output) -> Vec<Value> {

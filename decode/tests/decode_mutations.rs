@@ -61,16 +61,14 @@ fn sources(cxr: &Path) -> Vec<PathBuf> {
     out
 }
 
-struct Rng(u64);
+/// The workspace's seeded generator, with indices in `0..n` (`n` ≥ 1).
+struct Rng(medpatch_models::Rng);
 impl Rng {
     fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
+        self.0.next_u64()
     }
     fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
+        self.0.below(n.max(1) as u64) as usize
     }
 }
 
@@ -271,7 +269,7 @@ fn random_mutant(orig: &[u8], rng: &mut Rng) -> (String, Vec<u8>) {
 /// The worker: decodes every mutant of every source, printing `START i` before each so that the
 /// parent can name the one that killed it.
 fn worker(cxr: &Path) {
-    let mut rng = Rng(SEED);
+    let mut rng = Rng(medpatch_models::Rng::new(SEED));
     let mut out = std::io::stdout();
     let mut index = 0usize;
     let (mut ok, mut refused) = (0usize, 0usize);

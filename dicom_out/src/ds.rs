@@ -30,6 +30,19 @@ pub(crate) fn put_u16(obj: &mut Obj, tag: Tag, value: u16) {
     obj.put(DataElement::new(tag, VR::US, PrimitiveValue::U16(C::from_elem(value, 1))));
 }
 
+/// The Image Pixel module of an 8-bit unsigned image on the source's pixel grid (the pixel data
+/// itself is the caller's).
+pub(crate) fn put_8bit_image_pixel(obj: &mut Obj, samples: u16, photometric: &str, source: &crate::SourceImage) {
+    put_u16(obj, tags::SAMPLES_PER_PIXEL, samples);
+    put_str(obj, tags::PHOTOMETRIC_INTERPRETATION, VR::CS, photometric);
+    put_u16(obj, tags::ROWS, source.height() as u16);
+    put_u16(obj, tags::COLUMNS, source.width() as u16);
+    put_u16(obj, tags::BITS_ALLOCATED, 8);
+    put_u16(obj, tags::BITS_STORED, 8);
+    put_u16(obj, tags::HIGH_BIT, 7);
+    put_u16(obj, tags::PIXEL_REPRESENTATION, 0);
+}
+
 pub(crate) fn put_u32(obj: &mut Obj, tag: Tag, value: u32) {
     obj.put(DataElement::new(tag, VR::UL, PrimitiveValue::U32(C::from_elem(value, 1))));
 }

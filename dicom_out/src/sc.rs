@@ -4,7 +4,7 @@
 //! evidence for the finding, blue = against, saturating at the model's overlay range); the sides
 //! the model never saw stay plain gray.
 
-use crate::ds::{Common, Obj, copy, put_empty, put_seq, put_str, put_strs, put_u16};
+use crate::ds::{Common, Obj, copy, put_8bit_image_pixel, put_empty, put_seq, put_str, put_strs, put_u16};
 use crate::geometry::PatchGeometry;
 use crate::{Findings, SC_SERIES_NUMBER};
 use dicom_core::{DataElement, PrimitiveValue, VR};
@@ -75,15 +75,8 @@ pub(crate) fn build(
     put_str(&mut obj, tags::LOSSY_IMAGE_COMPRESSION, VR::CS, "00");
 
     // Image Pixel: 8-bit RGB, interleaved.
-    put_u16(&mut obj, tags::SAMPLES_PER_PIXEL, 3);
-    put_str(&mut obj, tags::PHOTOMETRIC_INTERPRETATION, VR::CS, "RGB");
+    put_8bit_image_pixel(&mut obj, 3, "RGB", source);
     put_u16(&mut obj, tags::PLANAR_CONFIGURATION, 0);
-    put_u16(&mut obj, tags::ROWS, source.height() as u16);
-    put_u16(&mut obj, tags::COLUMNS, source.width() as u16);
-    put_u16(&mut obj, tags::BITS_ALLOCATED, 8);
-    put_u16(&mut obj, tags::BITS_STORED, 8);
-    put_u16(&mut obj, tags::HIGH_BIT, 7);
-    put_u16(&mut obj, tags::PIXEL_REPRESENTATION, 0);
     let mut pixels = overlay_pixels(common, findings, class);
     if pixels.len() % 2 == 1 {
         pixels.push(0);

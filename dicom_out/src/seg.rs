@@ -11,7 +11,9 @@
 //! highdicom writes and reads such single-frame X-ray segmentations.
 
 use crate::codes;
-use crate::ds::{Common, Obj, put_code, put_empty, put_seq, put_str, put_strs, put_tag, put_u16, put_u32};
+use crate::ds::{
+    Common, Obj, put_8bit_image_pixel, put_code, put_empty, put_seq, put_str, put_strs, put_tag, put_u16, put_u32,
+};
 use crate::geometry::PatchGeometry;
 use crate::{Findings, uid};
 use dicom_core::{DataElement, PrimitiveValue, VR};
@@ -126,14 +128,7 @@ pub(crate) fn build(
     );
 
     // Image Pixel: one 8-bit frame per segment.
-    put_u16(&mut obj, tags::SAMPLES_PER_PIXEL, 1);
-    put_str(&mut obj, tags::PHOTOMETRIC_INTERPRETATION, VR::CS, "MONOCHROME2");
-    put_u16(&mut obj, tags::ROWS, source.height() as u16);
-    put_u16(&mut obj, tags::COLUMNS, source.width() as u16);
-    put_u16(&mut obj, tags::BITS_ALLOCATED, 8);
-    put_u16(&mut obj, tags::BITS_STORED, 8);
-    put_u16(&mut obj, tags::HIGH_BIT, 7);
-    put_u16(&mut obj, tags::PIXEL_REPRESENTATION, 0);
+    put_8bit_image_pixel(&mut obj, 1, "MONOCHROME2", source);
     put_str(&mut obj, tags::NUMBER_OF_FRAMES, VR::IS, &classes.len().to_string());
     put_str(&mut obj, tags::PRESENTATION_LUT_SHAPE, VR::CS, "IDENTITY");
 

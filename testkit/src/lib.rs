@@ -242,3 +242,17 @@ pub mod bounded {
             .unwrap()
     }
 }
+
+/// `program` (a medpatch binary) run from the repository as on a fresh machine: neither ONNX
+/// Runtime nor OpenVINO can be found (their variables and Python environments removed), so
+/// `auto` runs tract unless the caller adds them back.
+pub fn without_runtimes(program: impl AsRef<std::ffi::OsStr>) -> std::process::Command {
+    let mut command = std::process::Command::new(program);
+    command.current_dir(repo_root());
+    for var in
+        ["ORT_DYLIB_PATH", "OPENVINO_LIB_PATH", "VIRTUAL_ENV", "CONDA_PREFIX", "INTEL_OPENVINO_DIR", "LD_LIBRARY_PATH"]
+    {
+        command.env_remove(var);
+    }
+    command
+}

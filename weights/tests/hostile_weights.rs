@@ -26,21 +26,7 @@ const PER_FILE_DEADLINE: Duration = Duration::from_secs(20);
 const RANDOM_MUTANTS: usize = 200;
 const WORKER: &str = "MEDPATCH_HOSTILE_WEIGHTS_WORKER";
 
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-    fn between(&mut self, lo: u64, hi: u64) -> u64 {
-        lo + self.below(hi - lo + 1)
-    }
-}
+use medpatch_models::Rng;
 
 /// Pickle opcodes, protocol 2, written by hand.
 mod pickle {
@@ -179,12 +165,12 @@ fn hostile_cases(rng: &mut Rng) -> Vec<Case> {
     };
     for _ in 0..3 {
         // Lists nested n deep: n × EMPTY_LIST, then n − 1 × APPEND.
-        let n = rng.between(250, 2_000_000) as usize;
+        let n = rng.int(250, 2_000_001) as usize;
         let mut body = vec![b']'; n];
         body.extend(std::iter::repeat_n(b'a', n - 1));
         add(format!("lists nested {n} deep"), torch_zip(&pickle::stream(&body), &[]), Some("deep"));
         // Tuples nested n deep through MARKs.
-        let n = rng.between(250, 1_000_000) as usize;
+        let n = rng.int(250, 1_000_001) as usize;
         let mut body = vec![b'('; n];
         body.extend(pickle::int(1));
         body.extend(std::iter::repeat_n(b't', n));
@@ -192,7 +178,7 @@ fn hostile_cases(rng: &mut Rng) -> Vec<Case> {
     }
     for _ in 0..3 {
         // Memo amplification: each level is a list of two copies of the level below.
-        let levels = rng.between(24, 64) as u8;
+        let levels = rng.int(24, 65) as u8;
         let mut body = vec![b']', b'q', 0];
         for k in 0..levels {
             body.extend_from_slice(&[b'(', b'h', k, b'h', k, b'l', b'q', k + 1]);
@@ -252,7 +238,7 @@ fn hostile_cases(rng: &mut Rng) -> Vec<Case> {
         let mut m = valid.clone();
         let what = match rng.below(3) {
             0 => {
-                let flips = rng.between(1, 8);
+                let flips = rng.int(1, 9);
                 for _ in 0..flips {
                     let at = rng.below(m.len() as u64) as usize;
                     m[at] ^= 1 << rng.below(8);
@@ -266,7 +252,7 @@ fn hostile_cases(rng: &mut Rng) -> Vec<Case> {
             }
             _ => {
                 let at = rng.below(m.len().saturating_sub(4) as u64) as usize;
-                m[at..at + 4].copy_from_slice(&(rng.next() as u32).to_le_bytes());
+                m[at..at + 4].copy_from_slice(&(rng.next_u64() as u32).to_le_bytes());
                 format!("4 random bytes at {at}")
             }
         };
@@ -278,7 +264,7 @@ fn hostile_cases(rng: &mut Rng) -> Vec<Case> {
 /// The worker: reads every hostile file, printing `START i` first so that the parent can name the
 /// one that killed it, and `FAIL i` for a file that was read although it must be refused.
 fn worker() {
-    let mut rng = Rng(SEED);
+    let mut rng = Rng::new(SEED);
     let mut out = std::io::stdout();
     let (mut read, mut refused, mut worst) = (0usize, 0usize, 0u64);
     for (i, case) in hostile_cases(&mut rng).into_iter().enumerate() {
