@@ -44,7 +44,7 @@ pub struct EngineArgs {
     /// Intra-op threads (0: all cores).
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
-    /// Patches per backend call (64 = one 512² image: the fastest measured on CPU, see the README).
+    /// Patches per backend call (64 = one 512² image: the fastest measured on CPU: docs/speed.md).
     #[arg(long, default_value_t = 64)]
     pub batch_size: usize,
     /// ONNX Runtime library (libonnxruntime.so); default: $ORT_DYLIB_PATH, then beside medpatch.

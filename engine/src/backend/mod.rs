@@ -44,7 +44,7 @@ pub enum Provider {
 impl Provider {
     /// Every provider, in the order `auto` tries them (fastest first at f32). The one list:
     /// parsing, the CLI's help and `auto` all derive from it. OpenVINO comes after ONNX Runtime's
-    /// CPU provider: at f32 it was slower on the machines measured (see the README), and at bf16
+    /// CPU provider: at f32 it was slower on the machines measured (docs/speed.md), and at bf16
     /// the providers before it are skipped anyway.
     pub const ALL: [Provider; 5] =
         [Provider::TensorRt, Provider::Cuda, Provider::Cpu, Provider::OpenVino, Provider::Tract];

@@ -192,7 +192,7 @@ impl OpenVinoBackend {
                 .map_err(ov_err("threads"))?;
         }
         // Several streams, each running a share of the batch on fewer threads, beat all threads
-        // on one request for 64×64 patches (measured: see the README's OpenVINO paragraph).
+        // on one request for 64×64 patches (measured: docs/speed.md).
         core.set_property(&cpu, &RwPropertyKey::HintPerformanceMode, "THROUGHPUT")
             .map_err(ov_err("performance hint"))?;
         let mut ov_model = core.read_model_from_buffer(&model.bytes, None).map_err(ov_err("cannot read the model"))?;

@@ -6,7 +6,7 @@
 //! FP16) change the numbers, so a backend at reduced precision runs fixed patches once, at engine
 //! creation, and is refused when its logits leave [`REDUCED_PRECISION_BOUND`] of an f32 run on the
 //! same patches. The check is per model: fp16's error scales with the logits' magnitude, so a model
-//! with large logits can fail where another passes (README, "fp16 on ARM").
+//! with large logits can fail where another passes (docs/speed.md, "fp16 on ARM").
 
 use super::Backend;
 use crate::model::Model;
@@ -74,7 +74,7 @@ impl std::str::FromStr for Precision {
 
 /// How far a reduced-precision backend's logits may be from f32 on the same patches:
 /// `|z - z_f32| <= absolute + relative · |z_f32|` for every patch logit. Chosen from the
-/// deviations measured on real X-rays (see the README's "Precision" paragraph and
+/// deviations measured on real X-rays (docs/cli.md, "Precision", and
 /// `engine/tests/openvino.rs`, which holds every real X-ray to the same bound): several times the
 /// worst case seen, so that a correct bf16/fp16 kernel passes and a broken one (garbage, NaN,
 /// a wrong-precision fallback path) does not. It is per logit, not per model scale, on purpose: a

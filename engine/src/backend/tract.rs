@@ -16,7 +16,7 @@ type Plan = Arc<TypedSimplePlan>;
 ///
 /// tract runs a graph's nodes one after the other, and its multithreaded kernels sit behind a
 /// tract-linalg feature (`multithread-mm`) medpatch does not enable, so threads are used
-/// data-parallel instead (1.7–1.9× on 2 cores, README): each batch is split into one contiguous
+/// data-parallel instead (1.7–1.9× on 2 cores, docs/speed.md): each batch is split into one contiguous
 /// part per thread, and every part runs the same (immutable, shared) plan single-threaded on its
 /// own thread.
 pub(crate) struct TractBackend {
@@ -90,7 +90,7 @@ pub const PATCHES_PER_RUN: usize = 16;
 /// tract keeps them so unless told otherwise; channels-last (tract's `conv_nhwc` transform: the
 /// moves it inserts between layers mostly cancel when the graph is decluttered) runs the S model
 /// 1.7–1.8× faster on 2 AVX2 cores (`cargo bench -p medpatch-engine --bench tract_tuning`, table
-/// in the README; per operator: `cargo run --example tract_profile`). Channels-first, tract's
+/// in docs/speed.md; per operator: `cargo run --example tract_profile`). Channels-first, tract's
 /// depthwise kernel walks every (patch, channel) plane on its own, nearly all overhead on
 /// EfficientNetV2's 4×4 and 2×2 late-stage planes (a third of the time), and each 1×1
 /// convolution is a matrix product only one plane wide; channels-last, the depthwise kernel runs
