@@ -88,9 +88,14 @@ class Engine:
     def predict(self, image: _ImageInput) -> Result:
         """Predict one X-ray. Raises FileNotFoundError, DecodeError, ValueError, TypeError, ..."""
     def predict_many(
-        self, images: Iterable[_ImageInput], *, images_per_batch: int | None = None
+        self,
+        images: Iterable[_ImageInput],
+        *,
+        images_per_batch: int | None = None,
+        names: Sequence[str] | None = None,
     ) -> list[Result | BaseException]:
-        """Predict in batches; one Result or exception object (not raised) per input, in order."""
+        """Predict in batches; one Result or exception object (not raised) per input, in order.
+        names: one per image, what error messages call a bytes input (default "<bytes>")."""
     def saliency(self, result: Result, kind: _MapKind = "raw") -> npt.NDArray[np.float32]:
         """(classes, size, size) map: each patch's raw or scaled logit over its square."""
     def dense_map(self, result: Result, shift_steps: int = 8, kind: _MapKind = "raw") -> npt.NDArray[np.float32]:

@@ -74,17 +74,21 @@ fn detached<T: Send>(py: Python<'_>, work: impl FnOnce() -> Result<T, EngineErro
 /// An input converted under the GIL, owned, so that the engine can work on it without the GIL.
 enum OwnedInput {
     Path(PathBuf),
-    Bytes(Vec<u8>),
+    /// A file's bytes, and what error messages call it (a file name, or "<bytes>").
+    Bytes(Vec<u8>, String),
     Image(GrayImage),
 }
+
+/// What error messages call bytes that came without a name.
+const UNNAMED_BYTES: &str = "<bytes>";
 
 impl OwnedInput {
     fn from_python(object: &Bound<'_, PyAny>) -> PyResult<Self> {
         if let Ok(bytes) = object.cast::<PyBytes>() {
-            return Ok(Self::Bytes(bytes.as_bytes().to_vec()));
+            return Ok(Self::Bytes(bytes.as_bytes().to_vec(), UNNAMED_BYTES.into()));
         }
         if let Ok(bytes) = object.cast::<PyByteArray>() {
-            return Ok(Self::Bytes(bytes.to_vec()));
+            return Ok(Self::Bytes(bytes.to_vec(), UNNAMED_BYTES.into()));
         }
         if let Ok(array) = object.cast::<PyUntypedArray>() {
             return Ok(Self::Image(gray_image(array)?));
@@ -99,10 +103,18 @@ impl OwnedInput {
         )))
     }
 
+    /// Bytes get `name` in error messages; paths name themselves and arrays have no name.
+    fn named(self, name: String) -> Self {
+        match self {
+            Self::Bytes(bytes, _) => Self::Bytes(bytes, name),
+            other => other,
+        }
+    }
+
     fn as_input(&self) -> Input<'_> {
         match self {
             Self::Path(path) => Input::Path(path),
-            Self::Bytes(bytes) => Input::Bytes { bytes, name: "<bytes>" },
+            Self::Bytes(bytes, name) => Input::Bytes { bytes, name },
             Self::Image(image) => Input::Image(image),
         }
     }
@@ -421,17 +433,37 @@ impl Engine {
     /// next images are decoded meanwhile). Returns one item per input, in order: a Result, or the
     /// exception object for an input that failed (not raised), so one bad file does not lose the
     /// others. images_per_batch: default from the engine's batch_size (64 patches = 1 image).
-    #[pyo3(signature = (images, *, images_per_batch=None))]
+    /// names: one per image, what error messages call a bytes input (e.g. the file it was read
+    /// from; default "<bytes>").
+    #[pyo3(signature = (images, *, images_per_batch=None, names=None))]
     fn predict_many(
         &self,
         py: Python<'_>,
         images: &Bound<'_, PyAny>,
         images_per_batch: Option<usize>,
+        names: Option<Vec<String>>,
     ) -> PyResult<Vec<Py<PyAny>>> {
-        let mut converted = Vec::new();
-        for item in images.try_iter()? {
-            converted.push(OwnedInput::from_python(&item?));
+        let items = images.try_iter()?.collect::<PyResult<Vec<_>>>()?;
+        if let Some(names) = &names
+            && names.len() != items.len()
+        {
+            return Err(PyValueError::new_err(format!(
+                "names has {} entries for {} images: give one name per image",
+                names.len(),
+                items.len()
+            )));
         }
+        let converted: Vec<PyResult<OwnedInput>> = items
+            .iter()
+            .enumerate()
+            .map(|(i, item)| {
+                let input = OwnedInput::from_python(item)?;
+                Ok(match &names {
+                    Some(names) => input.named(names[i].clone()),
+                    None => input,
+                })
+            })
+            .collect();
         let valid: Vec<Input<'_>> = converted.iter().flatten().map(OwnedInput::as_input).collect();
         let per_batch = images_per_batch.unwrap_or_else(|| self.engine.images_per_batch());
         // Pipelined, without the GIL: the next images are decoded while the backend runs.
