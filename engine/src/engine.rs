@@ -10,7 +10,12 @@ use crate::model::{Model, ModelOrigin};
 use crate::{EngineError, preprocess, tile};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+// std's clock panics on wasm32-unknown-unknown (no OS); web-time reads the browser's there.
+#[cfg(not(target_arch = "wasm32"))]
+use std::time::Instant;
+#[cfg(target_arch = "wasm32")]
+use web_time::Instant;
 
 /// The demo model compiled into medpatch (trained on synthetic images: not for clinical use).
 pub const DEFAULT_MODEL_BYTES: &[u8] = include_bytes!("../../models/default/medpatch-default.onnx");
