@@ -2,8 +2,9 @@
 # Installs everything the full test suite needs, from the package registries only, pinned:
 # the Python reference environment in .venv (torch/torchvision, onnx, onnxruntime, PIL, pydicom,
 # pytest, cmake, maturin), cbindgen and (where missing) cargo-nextest (.cache/tools), the aarch64
-# cross toolchain and qemu-user (apt, rustup), and the `medpatch` Python package itself
-# (`pip install ./python`). Re-running it is fast: nothing is reinstalled while
+# cross toolchain and qemu-user (apt, rustup), the web page's toolchain and browser (the wasm32
+# target, wasm-bindgen-cli in .cache/tools, Debian's chromium and chromium-driver, playwright-core
+# from npm), and the `medpatch` Python package itself (`pip install ./python`). Re-running it is fast: nothing is reinstalled while
 # scripts/requirements-test.txt is unchanged, and pip's cache is reused otherwise.
 # `scripts/setup.sh --venv-only` stops after the Python environment.
 set -euo pipefail
@@ -48,7 +49,11 @@ missing=()
 # orthanc, dcmtk, dicom3tools: the DICOM results' tests (tests/python/test_dicom_out.py,
 # dicom_out/tests/objects.rs) run a real Orthanc PACS, dcmtk's storescu/echoscu and dicom3tools'
 # dciodvfy validator (~12 s of apt on a warm mirror, measured 2026-12-03).
-for pkg in gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user libopenjp2-7-dev pkg-config orthanc dcmtk dicom3tools; do
+# chromium, chromium-driver: the web page's browser tests (scripts/web-build.sh --test,
+# web/page-test), headless (~25 s of apt with its update, measured 2026-12-03; docs/web.md).
+# openjdk-17-jre-headless: the JVM under Spark for medpatch.spark's test (tests/python/test_ray.py; 44 MB).
+for pkg in gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user libopenjp2-7-dev pkg-config orthanc dcmtk dicom3tools \
+    chromium chromium-driver openjdk-17-jre-headless; do
     dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
 done
 if [ ${#missing[@]} -gt 0 ]; then
@@ -57,10 +62,12 @@ if [ ${#missing[@]} -gt 0 ]; then
     $SUDO apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
-if ! rustup target list --installed | grep -qx aarch64-unknown-linux-gnu; then
-    echo "setup: rustup target add aarch64-unknown-linux-gnu"
-    rustup target add aarch64-unknown-linux-gnu
-fi
+for target in aarch64-unknown-linux-gnu wasm32-unknown-unknown; do
+    if ! rustup target list --installed | grep -qx "$target"; then
+        echo "setup: rustup target add $target"
+        rustup target add "$target"
+    fi
+done
 
 # cbindgen regenerates ffi/include/medpatch.h; a test checks the committed header against it.
 CBINDGEN_VERSION=0.29.4
@@ -78,6 +85,28 @@ if ! cargo nextest --version >/dev/null 2>&1 && ! [ -x .cache/tools/bin/cargo-ne
     echo "setup: installing cargo-nextest $NEXTEST_VERSION into .cache/tools (a few minutes)"
     env -u RUSTC_WORKSPACE_WRAPPER -u CLIPPY_ARGS \
         cargo install --quiet --locked --root .cache/tools cargo-nextest --version "$NEXTEST_VERSION"
+fi
+
+# The web page (scripts/web-build.sh): wasm-bindgen-cli, of exactly the wasm-bindgen version in
+# Cargo.lock (the two must match), with its test runner. Its page test drives Debian's chromium
+# with playwright-core from npm (pinned by web/page-test/package-lock.json; no browser download),
+# on this machine's Node.js.
+WASM_BINDGEN_VERSION=$(awk '/^name = "wasm-bindgen"$/ { getline; gsub(/[^0-9.]/, ""); print; exit }' Cargo.lock)
+if [ "$(.cache/tools/bin/wasm-bindgen --version 2>/dev/null)" != "wasm-bindgen $WASM_BINDGEN_VERSION" ]; then
+    echo "setup: installing wasm-bindgen-cli $WASM_BINDGEN_VERSION into .cache/tools (a few minutes)"
+    env -u RUSTC_WORKSPACE_WRAPPER -u CLIPPY_ARGS \
+        cargo install --quiet --locked --root .cache/tools wasm-bindgen-cli --version "$WASM_BINDGEN_VERSION"
+fi
+if ! node -e 'process.exit(Number(process.versions.node.split(".")[0]) >= 20 ? 0 : 1)' 2>/dev/null; then
+    echo "setup: Node.js 20 or newer is needed for the web page's test (web/page-test)" >&2
+    exit 1
+fi
+PAGE_TEST=web/page-test
+want=$(sha256sum "$PAGE_TEST/package-lock.json" | cut -d' ' -f1)
+if [ "$(cat "$PAGE_TEST/node_modules/.medpatch-lock.sha256" 2>/dev/null)" != "$want" ]; then
+    echo "setup: npm ci in $PAGE_TEST (playwright-core)"
+    (cd "$PAGE_TEST" && npm ci --no-audit --no-fund --silent)
+    echo "$want" > "$PAGE_TEST/node_modules/.medpatch-lock.sha256"
 fi
 
 # The Python package, exactly as a user installs it (pip install ./python), into .venv, built with

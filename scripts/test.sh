@@ -56,6 +56,13 @@ cargo test --workspace --locked --benches --no-run
 PATH="$PWD/.cache/tools/bin:$PATH" cargo nextest run --workspace --locked --no-fail-fast
 cargo test --workspace --locked --doc
 
+echo "== The web page (WebAssembly, tract only) in headless Chromium: web/tests/browser.rs, web/page-test"
+# A third compilation of tract and the decoders (for wasm32) at the quick profile, where compile
+# time counts more than speed (docs/web.md has both measured). The browser tests compare against
+# the native CLI built above (MEDPATCH_BIN).
+scripts/web-build.sh --profile quick --test >/dev/null
+(cd web/page-test && MEDPATCH_WEB_TEST_OUT="$PWD/../../target/web-test" node --test page.test.mjs)
+
 echo "== Python tests (references, and the installed medpatch package)"
 python -m pytest -q tests/python
 

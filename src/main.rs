@@ -21,6 +21,8 @@ enum Command {
     Predict(cli::predict::PredictArgs),
     /// Write the patch backbone to a self-describing ONNX file from trained weights.
     Export(cli::export::ExportArgs),
+    /// Quantize a model to int8 (a QDQ graph) with calibration X-rays: `--precision int8` runs it.
+    Quantize(cli::quantize::QuantizeArgs),
     /// Time every backend side by side on one model, with the pipeline split and peak memory.
     Bench(cli::bench::BenchArgs),
     /// The paper's evaluation on a CheXpert-style split: AUROC and thresholded metrics with bootstrap
@@ -41,6 +43,7 @@ fn main() -> ExitCode {
     let result = std::panic::catch_unwind(move || match cli.command {
         Command::Predict(args) => cli::predict::run(args),
         Command::Export(args) => cli::export::run(args),
+        Command::Quantize(args) => cli::quantize::run(args),
         Command::Bench(args) => cli::bench::run(args),
         Command::Evaluate(args) => cli::evaluate::run(args),
         #[cfg(feature = "serve")]

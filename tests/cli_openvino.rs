@@ -97,9 +97,9 @@ fn the_active_python_environment_and_the_variable_find_openvino() {
 #[test]
 fn precision_on_the_command_line() {
     // An unknown precision is a usage error (exit 2) that lists the known ones.
-    let (out, stderr) = run(&mut bare_medpatch(), &["predict", "--precision", "int8", XRAY]);
+    let (out, stderr) = run(&mut bare_medpatch(), &["predict", "--precision", "int4", XRAY]);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
-    assert!(stderr.contains("unknown precision 'int8': use f32, bf16, fp16"), "{stderr}");
+    assert!(stderr.contains("unknown precision 'int4': use f32, bf16, fp16, int8"), "{stderr}");
     // The TensorRT-only flag is gone: precision is one option for every provider.
     let (out, _) = run(&mut bare_medpatch(), &["predict", "--trt-fp16", XRAY]);
     assert_eq!(out.status.code(), Some(2));

@@ -30,6 +30,10 @@ impl std::fmt::Display for ModelOrigin {
 /// Largest model file read: protobuf, and so ONNX without external data, stops at 2 GiB.
 pub const MAX_MODEL_BYTES: u64 = 2 << 30;
 
+/// Operators that make a graph compute in integers (ONNX's QDQ pair and its integer operators).
+const INTEGER_OPERATORS: [&str; 6] =
+    ["QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger"];
+
 /// ONNX's `TensorProto.DataType.FLOAT`.
 const ONNX_FLOAT: i32 = 1;
 
@@ -43,6 +47,10 @@ pub struct Model {
     pub channels: usize,
     /// The SHA-256 of `bytes`, computed when first asked for and shared by clones.
     digest: Arc<std::sync::OnceLock<String>>,
+    /// Does the graph compute in integers (quantize/dequantize or integer operators)? Such a graph
+    /// runs in integer kernels whatever precision is asked for, so the engine needs its
+    /// `medpatch.quantization` record to run it at int8, and runs it at nothing else.
+    pub(crate) integer_graph: bool,
 }
 
 impl Model {
@@ -104,7 +112,8 @@ impl Model {
                 show_dims(&out_dims)
             )));
         }
-        Ok(Self { bytes, metadata, origin, channels, digest: Arc::default() })
+        let integer_graph = graph.node.iter().any(|n| INTEGER_OPERATORS.contains(&n.op_type.as_str()));
+        Ok(Self { bytes, metadata, origin, channels, digest: Arc::default(), integer_graph })
     }
 
     /// SHA-256 (hex) of the model file: what identifies it in results (DICOM's algorithm

@@ -47,6 +47,9 @@ pub mod keys {
     /// class (e.g. the Youden thresholds of `medpatch evaluate`); DICOM results call a finding
     /// present at its threshold (see [`super::ModelMetadata::thresholds`]).
     pub const THRESHOLDS: &str = "medpatch.thresholds";
+    /// Optional: the model is an int8 QDQ graph written by `medpatch quantize`; a JSON object
+    /// (see [`super::Quantization`]). Engines run such a model at precision int8 only.
+    pub const QUANTIZATION: &str = "medpatch.quantization";
 }
 
 /// The reference implementation's image side and patch side: 8×8 patches of 64² on a 512² image.
@@ -259,6 +262,62 @@ pub struct ModelMetadata {
     /// Per-class probability thresholds in class order, each in (0, 1): a finding is called
     /// present when its probability is at least its threshold. `None`: the model has none.
     pub thresholds: Option<Vec<f32>>,
+    /// How the model was quantized, if it is an int8 QDQ graph from `medpatch quantize`.
+    pub quantization: Option<Quantization>,
+}
+
+/// What `medpatch quantize` records in a quantized model (`medpatch.quantization`): how it was
+/// made, from what, and what its int8 arithmetic does to the logits, so that an engine can check
+/// a runtime against it without the f32 model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Quantization {
+    /// The scheme, in words: "qdq: int8 weights per output channel (symmetric), uint8 activations per tensor".
+    pub scheme: String,
+    /// The calibration method: "minmax" or "percentile 99.99".
+    pub method: String,
+    pub calibration: CalibrationRecord,
+    /// Layers left in f32 (names as in `medpatch quantize --keep`).
+    pub kept_f32: Vec<String>,
+    /// The f32 model it was quantized from.
+    pub reference: ModelReference,
+    /// The f32 model's logits and the quantized graph's deviation from them on the engine's fixed
+    /// self-check patches, computed when the model was quantized.
+    pub self_check: QuantizedSelfCheck,
+    /// The quantized graph's deviation from f32 on calibration patches.
+    pub calibration_error: Deviation,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CalibrationRecord {
+    pub images: usize,
+    pub patches: usize,
+    /// SHA-256 of the images' own SHA-256 digests, sorted: the same set of files gives the same
+    /// digest whatever their names or order.
+    pub sha256: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelReference {
+    pub name: String,
+    pub sha256: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct QuantizedSelfCheck {
+    /// SHA-256 of the self-check patches (f32, little-endian) the logits belong to.
+    pub patches_sha256: String,
+    /// The f32 model's patch logits on them, `[patches, classes]` row-major.
+    pub f32_logits: Vec<f32>,
+    /// The quantized graph's deviation from them, its QDQ arithmetic evaluated in f32.
+    pub deviation: Deviation,
+}
+
+/// |quantized − f32| over patch logits.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Deviation {
+    pub patches: usize,
+    pub max_abs: f32,
+    pub mean_abs: f32,
 }
 
 impl ModelMetadata {
@@ -274,6 +333,7 @@ impl ModelMetadata {
             source: String::new(),
             overlay_logit_range: None,
             thresholds: None,
+            quantization: None,
         }
     }
 
@@ -311,6 +371,9 @@ impl ModelMetadata {
             let object: serde_json::Map<String, serde_json::Value> =
                 self.classes.iter().cloned().zip(thresholds.iter().map(|&t| serde_json::json!(t))).collect();
             props.push((keys::THRESHOLDS.into(), serde_json::Value::Object(object).to_string()));
+        }
+        if let Some(q) = &self.quantization {
+            props.push((keys::QUANTIZATION.into(), serde_json::to_string(q).expect("plain struct serialises")));
         }
         props
     }
@@ -358,9 +421,16 @@ impl ModelMetadata {
                 Some(parse_thresholds(text, &classes).map_err(|problem| invalid(keys::THRESHOLDS, text, problem))?)
             }
         };
+        let quantization = match props.get(keys::QUANTIZATION) {
+            None => None,
+            Some(text) => Some(serde_json::from_str::<Quantization>(text).map_err(|e| {
+                invalid(keys::QUANTIZATION, text, format!("expected medpatch quantize's record ({e})"))
+            })?),
+        };
         let metadata = Self {
             format_version: FORMAT_VERSION,
             thresholds,
+            quantization,
             classes,
             patch_size,
             image_size,
@@ -448,6 +518,31 @@ mod tests {
                 "{bad}: {err}"
             );
         }
+    }
+
+    #[test]
+    fn the_quantization_record_round_trips_and_a_broken_one_is_refused() {
+        let mut m = ModelMetadata::new("x", 64, 512, ModelMetadata::default_classes());
+        let deviation = Deviation { patches: 64, max_abs: 2.5, mean_abs: 0.125 };
+        m.quantization = Some(Quantization {
+            scheme: "qdq".into(),
+            method: "minmax".into(),
+            calibration: CalibrationRecord { images: 2, patches: 128, sha256: "ab".repeat(32) },
+            kept_f32: vec!["features.0".into()],
+            reference: ModelReference { name: "m.onnx".into(), sha256: "cd".repeat(32) },
+            self_check: QuantizedSelfCheck { patches_sha256: "ef".repeat(32), f32_logits: vec![0.1, -3.5], deviation },
+            calibration_error: deviation,
+        });
+        let props = m.to_props();
+        let back = ModelMetadata::from_props(props.iter().map(|(k, v)| (k.as_str(), v.as_str()))).unwrap();
+        assert_eq!(back, m);
+        let mut props = ModelMetadata::new("x", 64, 512, ModelMetadata::default_classes()).to_props();
+        props.push((keys::QUANTIZATION.into(), r#"{"scheme":"qdq"}"#.into()));
+        let err = ModelMetadata::from_props(props.iter().map(|(k, v)| (k.as_str(), v.as_str()))).unwrap_err();
+        assert!(
+            err.to_string().contains("medpatch.quantization") && err.to_string().contains("missing field"),
+            "{err}"
+        );
     }
 
     #[test]

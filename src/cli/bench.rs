@@ -26,12 +26,17 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 5)]
     repeats: usize,
     /// Backends to compare, in order: tensorrt, cuda, cpu, openvino, tract, each optionally with
-    /// `:PRECISION` (e.g. openvino:bf16, tensorrt:fp16; default --precision). Unavailable ones are
-    /// reported and left out.
+    /// `:PRECISION` (e.g. openvino:bf16, tensorrt:fp16, cpu:int8; default --precision). Unavailable
+    /// ones are reported and left out.
     #[arg(long, value_delimiter = ',', default_value = "cpu,openvino,openvino:bf16,tract")]
     providers: Vec<String>,
+    /// The int8 model (from `medpatch quantize --model` of this one) that rows at int8 run, so
+    /// that f32 and int8 are timed side by side in one run.
+    #[arg(long, value_name = "FILE.onnx")]
+    int8_model: Option<PathBuf>,
     /// Python runtimes to compare on the same ONNX model (each skipped, with the reason, when the
-    /// Python environment lacks it): onnxruntime, openvino, openvino:bf16; `none` for none.
+    /// Python environment lacks it): onnxruntime, openvino, openvino:bf16, and onnxruntime:int8,
+    /// openvino:int8 on --int8-model; `none` for none.
     #[arg(long, value_delimiter = ',', default_value = "onnxruntime,openvino,openvino:bf16")]
     python_runtimes: Vec<String>,
     /// Also time PyTorch eager on CPU: the checkpoint the model was exported from.
@@ -136,6 +141,9 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
         engine_args.provider = ProviderChoice::Only(provider);
         engine_args.precision = precision;
         engine_args.threads = threads;
+        if precision == Precision::Int8 && args.int8_model.is_some() {
+            engine_args.model = args.int8_model.clone();
+        }
         let engine = match engine_args.build() {
             Ok(e) => e,
             Err(e) => {
@@ -211,6 +219,14 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
         };
         for runtime in python_runtimes {
             let (name, precision) = runtime.split_once(':').unwrap_or((runtime, "f32"));
+            let model_path = match (precision, &args.int8_model) {
+                ("int8", Some(int8)) => int8.clone(),
+                ("int8", None) => {
+                    skipped.push(format!("{runtime} (Python): needs --int8-model"));
+                    continue;
+                }
+                _ => model_path.clone(),
+            };
             let script_args = [
                 "--runtime",
                 name,

@@ -5,6 +5,7 @@ pub mod evaluate;
 pub mod export;
 pub mod inputs;
 pub mod predict;
+pub mod quantize;
 #[cfg(feature = "serve")]
 pub mod serve;
 
@@ -36,11 +37,16 @@ pub struct EngineArgs {
     /// them in that order, skipping those that cannot run --precision, and reports what it skipped.
     #[arg(long, default_value = "auto", value_parser = ProviderChoice::from_str)]
     pub provider: ProviderChoice,
-    /// f32 (exact, every provider), bf16 (OpenVINO on CPUs with AVX512-BF16 or AMX) or fp16
-    /// (TensorRT; tract on ARM CPUs with FP16). bf16 and fp16 are checked against f32 when the
+    /// f32 (exact, every provider), bf16 (OpenVINO on CPUs with AVX512-BF16 or AMX), fp16
+    /// (TensorRT; tract on ARM CPUs with FP16) or int8 (a model from `medpatch quantize`; ONNX
+    /// Runtime CPU, OpenVINO, TensorRT). bf16, fp16 and int8 are checked against f32 when the
     /// engine starts.
     #[arg(long, default_value = "f32", value_parser = Precision::from_str)]
     pub precision: Precision,
+    /// int8: the f32 model the quantized one was made from, run for the self-check (default: the
+    /// f32 logits `medpatch quantize` stored in the quantized model).
+    #[arg(long, value_name = "FILE.onnx")]
+    pub reference_model: Option<PathBuf>,
     /// Intra-op threads (0: all cores).
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
@@ -73,6 +79,7 @@ impl EngineArgs {
                 ort_library: self.ort_lib.clone(),
                 openvino_library: self.openvino_lib.clone(),
                 tensorrt_cache: self.trt_cache.clone(),
+                reference_model: self.reference_model.clone(),
             })
             .build()?)
     }

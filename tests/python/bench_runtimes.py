@@ -1,9 +1,10 @@
 """Python runtimes timed for `medpatch bench`, each in its own process (so that its peak RSS is its
 own): onnxruntime or OpenVINO on the same ONNX file, same threads, same preprocessed 512×512 image
 (64 patches), tiled and averaged in numpy exactly as medpatch does. Each runtime runs at its
-documented best settings for latency, printed in its row's name.
+documented best settings for latency, printed in its row's name. int8 means the model is a QDQ
+graph (from `medpatch quantize`): both runtimes run its integer kernels by themselves.
 
-Usage: bench_runtimes.py --runtime onnxruntime|openvino [--precision f32|bf16] --model M.onnx
+Usage: bench_runtimes.py --runtime onnxruntime|openvino [--precision f32|bf16|int8] --model M.onnx
                          --threads N --repeats R IMAGE.npy
 Prints one JSON line: {"name", "median_ms", "min_ms", "peak_rss_mb", "logits"}, or exits
 with status 3 and a message when the runtime is not installed or cannot run the precision.
@@ -25,8 +26,8 @@ def patches(image: np.ndarray, patch: int) -> np.ndarray:
 
 
 def onnxruntime_runner(model: str, threads: int, precision: str):
-    if precision != "f32":
-        raise SystemExit(f"onnxruntime (CPU) runs f32 only, not {precision}")
+    if precision not in ("f32", "int8"):
+        raise SystemExit(f"onnxruntime (CPU) runs f32 or a QDQ (int8) model only, not {precision}")
     import onnxruntime as ort
 
     # Its documented latency settings: every graph optimisation, sequential execution, the
@@ -39,7 +40,7 @@ def onnxruntime_runner(model: str, threads: int, precision: str):
     session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
     settings = f"ORT_ENABLE_ALL, sequential, intra_op_num_threads={threads}"
-    return f"onnxruntime-python {ort.__version__} CPU, f32 ({settings})", lambda x: session.run(None, {name: x})[0]
+    return f"onnxruntime-python {ort.__version__} CPU, {precision} ({settings})", lambda x: session.run(None, {name: x})[0]
 
 
 def openvino_runner(model: str, threads: int, precision: str):
@@ -48,8 +49,10 @@ def openvino_runner(model: str, threads: int, precision: str):
     core = ov.Core()
     if precision == "bf16" and "BF16" not in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
         raise SystemExit("OpenVINO: this CPU has no BF16")
-    # Its documented latency settings: the LATENCY hint, the thread count, the precision hint.
-    settings = {"INFERENCE_PRECISION_HINT": precision, "INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY"}
+    # Its documented latency settings: the LATENCY hint, the thread count, the precision hint
+    # (f32 for a QDQ model: its quantized parts run in integers, the rest stays f32).
+    hint = "f32" if precision == "int8" else precision
+    settings = {"INFERENCE_PRECISION_HINT": hint, "INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY"}
     core.set_property("CPU", settings)
     compiled = core.compile_model(model, "CPU")
     request = compiled.create_infer_request()
@@ -67,7 +70,7 @@ def peak_rss_mb() -> float:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--runtime", required=True, choices=["onnxruntime", "openvino"])
-    ap.add_argument("--precision", default="f32", choices=["f32", "bf16"])
+    ap.add_argument("--precision", default="f32", choices=["f32", "bf16", "int8"])
     ap.add_argument("--model", required=True)
     ap.add_argument("--threads", type=int, required=True)
     ap.add_argument("--repeats", type=int, default=5)

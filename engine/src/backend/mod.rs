@@ -4,8 +4,9 @@
 //! [`select`] resolves a [`ProviderChoice`] and a [`Precision`] into a running [`Backend`]. `auto`
 //! tries TensorRT → CUDA → ONNX Runtime CPU → OpenVINO → tract and keeps the first that runs the
 //! requested precision and really initialises on this model; it never falls back silently: every
-//! provider it skipped is returned with the reason. A backend at reduced precision (bf16, fp16)
-//! must first pass a self-check against f32 (see [`precision`]).
+//! provider it skipped is returned with the reason. A backend at reduced precision (bf16, fp16,
+//! int8) must first pass a self-check against f32 (see [`precision`]). int8 is the precision of a
+//! quantized model (`medpatch quantize`): such a model runs at int8 only, and int8 needs one.
 
 #[cfg(feature = "onnxruntime")]
 mod onnxruntime;
@@ -25,7 +26,7 @@ pub use self::openvino::{
 };
 #[cfg(feature = "onnxruntime")]
 pub use onnxruntime::{OrtLibrary, default_ort_library, ort_library_in};
-pub use precision::{Bound, Precision, PrecisionCheck, REDUCED_PRECISION_BOUND};
+pub use precision::{Bound, CheckBound, INT8_BOUND, Int8Bound, Precision, PrecisionCheck, REDUCED_PRECISION_BOUND};
 
 /// A backend that actually ran.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -50,13 +51,16 @@ impl Provider {
         [Provider::TensorRt, Provider::Cuda, Provider::Cpu, Provider::OpenVino, Provider::Tract];
 
     /// The precisions this provider can be asked for (the hardware may still refuse: OpenVINO
-    /// runs bf16 only where the CPU reports BF16, tract fp16 only on ARM CPUs with FP16).
+    /// runs bf16 only where the CPU reports BF16, tract fp16 only on ARM CPUs with FP16). int8
+    /// means a quantized (QDQ) model run by the provider's integer kernels; ONNX Runtime's CUDA
+    /// provider has none for it, and tract refuses it, saying why (it runs it slower than f32).
     pub fn precisions(self) -> &'static [Precision] {
         match self {
-            Provider::TensorRt => &[Precision::F32, Precision::Fp16],
-            Provider::OpenVino => &[Precision::F32, Precision::Bf16],
+            Provider::TensorRt => &[Precision::F32, Precision::Fp16, Precision::Int8],
+            Provider::OpenVino => &[Precision::F32, Precision::Bf16, Precision::Int8],
             Provider::Tract => &[Precision::F32, Precision::Fp16],
-            Provider::Cuda | Provider::Cpu => &[Precision::F32],
+            Provider::Cpu => &[Precision::F32, Precision::Int8],
+            Provider::Cuda => &[Precision::F32],
         }
     }
 
@@ -133,7 +137,7 @@ impl BackendError {
 
 /// Options the library's messages name, in the library's words, and as each front end spells
 /// them: the CLI, the C API, Python. A front end shows a message through [`in_terms_of`].
-pub const OPTION_SPELLINGS: [(&str, [&str; 3]); 3] = [
+pub const OPTION_SPELLINGS: [(&str, [&str; 3]); 4] = [
     (
         "the ONNX Runtime library option",
         ["--ort-lib PATH", "medpatch_options_set_ort_library()", "Engine(ort_library=PATH)"],
@@ -143,6 +147,7 @@ pub const OPTION_SPELLINGS: [(&str, [&str; 3]); 3] = [
         ["--openvino-lib PATH", "medpatch_options_set_openvino_library()", "Engine(openvino_library=PATH)"],
     ),
     ("precision f32", ["--precision f32", "precision \"f32\"", "precision=\"f32\""]),
+    ("precision int8", ["--precision int8", "precision \"int8\"", "precision=\"int8\""]),
 ];
 
 /// A front end, for [`in_terms_of`].
@@ -257,6 +262,9 @@ pub struct BackendOptions {
     pub openvino_library: Option<PathBuf>,
     /// TensorRT: where built engines are cached (building one takes minutes).
     pub tensorrt_cache: Option<PathBuf>,
+    /// int8: the f32 model the quantized model was made from, run for the self-check (default:
+    /// the f32 logits stored in the quantized model by `medpatch quantize`).
+    pub reference_model: Option<PathBuf>,
 }
 
 /// Runs the patch backbone: `patches` is `[n, C, P, P]` row-major, the result `[n, classes]`.
@@ -308,10 +316,21 @@ fn start(
     model: &Model,
     provider: Provider,
     options: &BackendOptions,
+    int8_reference: Option<&Model>,
 ) -> Result<(Box<dyn Backend>, Option<PrecisionCheck>), String> {
     let precision = options.precision;
+    if provider == Provider::Tract && precision == Precision::Int8 {
+        return Err(tract::INT8_REFUSAL.into());
+    }
     if !provider.precisions().contains(&precision) {
-        let runs: Vec<&str> = provider.precisions().iter().map(|p| p.name()).collect();
+        // int8 is a quantized model's precision, not an alternative for a float model: named only
+        // when it is what was asked for.
+        let runs: Vec<&str> = provider
+            .precisions()
+            .iter()
+            .filter(|p| **p != Precision::Int8 || precision == Precision::Int8)
+            .map(|p| p.name())
+            .collect();
         let who: Vec<&str> =
             Provider::ALL.iter().filter(|p| p.precisions().contains(&precision)).map(|p| p.describe()).collect();
         return Err(format!(
@@ -325,6 +344,19 @@ fn start(
     if precision == Precision::F32 {
         return Ok((backend, None));
     }
+    if precision == Precision::Int8 {
+        let check = match int8_reference {
+            None => precision::self_check_int8(model, &*backend, precision::Int8Reference::Stored, INT8_BOUND)?,
+            Some(f32_model) => {
+                let reference = build(f32_model, Provider::Cpu, Precision::F32, options)
+                    .or_else(|_| build(f32_model, Provider::Tract, Precision::F32, options))
+                    .map_err(|e| format!("cannot start the f32 run for the int8 self-check: {e}"))?;
+                let reference = precision::Int8Reference::Run(&*reference);
+                precision::self_check_int8(model, &*backend, reference, INT8_BOUND)?
+            }
+        };
+        return Ok((backend, Some(check)));
+    }
     let reference = match provider {
         Provider::OpenVino | Provider::Tract => build(model, provider, Precision::F32, options),
         _ => build(model, Provider::Cpu, Precision::F32, options)
@@ -335,14 +367,58 @@ fn start(
     Ok((backend, Some(check)))
 }
 
+/// The f32 model an int8 self-check runs, if one is given: checked to be the one `quantized` was
+/// made from.
+fn int8_reference(quantized: &Model, options: &BackendOptions) -> Result<Option<Model>, EngineError> {
+    let (Some(path), Some(q)) = (&options.reference_model, &quantized.metadata.quantization) else {
+        return Ok(None);
+    };
+    let reference = Model::from_path(path)?;
+    if reference.sha256() != q.reference.sha256 {
+        return Err(EngineError::Model {
+            origin: path.display().to_string(),
+            problem: format!(
+                "not the f32 model {} was quantized from ({}, sha256 {}), so it cannot be its self-check's reference",
+                quantized.name(),
+                q.reference.name,
+                q.reference.sha256
+            ),
+        });
+    }
+    Ok(Some(reference))
+}
+
+/// A quantized model runs at int8 only, and int8 needs a quantized model.
+fn check_model_precision(model: &Model, precision: Precision) -> Result<(), EngineError> {
+    let problem = match (&model.metadata.quantization, precision) {
+        (None, _) if model.integer_graph => "the graph computes in integers (QuantizeLinear/DequantizeLinear) but has \
+            no medpatch.quantization record: it was quantized by another tool, and its runtimes would run it in \
+            integer kernels whatever precision is asked for; quantize the f32 model with `medpatch quantize`"
+            .to_string(),
+        (Some(_), Precision::Int8) => return Ok(()),
+        (None, p) if p != Precision::Int8 => return Ok(()),
+        (None, _) => "the model is not quantized: precision int8 runs a model made by `medpatch quantize` \
+                      (an int8 QDQ graph); quantize it first, or use precision f32"
+            .to_string(),
+        (Some(q), p) => format!(
+            "the model is quantized to int8 (`medpatch quantize`, from {}): run it at precision int8, not {p}, or run \
+             its f32 original",
+            q.reference.name
+        ),
+    };
+    Err(EngineError::Model { origin: model.origin.to_string(), problem })
+}
+
 pub fn select(model: &Model, choice: ProviderChoice, options: &BackendOptions) -> Result<Selection, EngineError> {
+    check_model_precision(model, options.precision)?;
+    let reference = if options.precision == Precision::Int8 { int8_reference(model, options)? } else { None };
     let order = match choice {
         ProviderChoice::Auto => Provider::ALL.to_vec(),
         ProviderChoice::Only(p) => vec![p],
     };
     let mut skipped = Vec::new();
     for provider in order {
-        match start(model, provider, options) {
+        match start(model, provider, options, reference.as_ref()) {
             Ok((backend, precision_check)) => return Ok(Selection { backend, skipped, precision_check }),
             Err(reason) if choice == ProviderChoice::Auto => skipped.push((provider, reason)),
             Err(reason) => return Err(EngineError::ProviderUnavailable { provider: provider.name(), reason }),

@@ -79,7 +79,8 @@ pub struct OrtBackend {
 }
 
 impl OrtBackend {
-    /// `precision` is one `provider` runs (checked by the caller): f32, or fp16 for TensorRT.
+    /// `precision` is one `provider` runs (checked by the caller): f32, fp16 for TensorRT, or int8
+    /// (a quantized model: ONNX Runtime fuses its QDQ pairs into integer kernels by itself).
     pub fn new(
         model: &Model,
         provider: Provider,
@@ -89,7 +90,9 @@ impl OrtBackend {
         let env = environment(options.ort_library.as_deref())?;
         let dispatch = match provider {
             Provider::TensorRt => {
-                let mut trt = ep::TensorRT::default().with_fp16(precision == Precision::Fp16);
+                let mut trt = ep::TensorRT::default()
+                    .with_fp16(precision == Precision::Fp16)
+                    .with_int8(precision == Precision::Int8);
                 if let Some(cache) = &options.tensorrt_cache {
                     std::fs::create_dir_all(cache).map_err(|e| format!("TensorRT cache {}: {e}", cache.display()))?;
                     trt = trt.with_engine_cache(true).with_engine_cache_path(cache.display().to_string());

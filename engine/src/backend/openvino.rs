@@ -131,10 +131,11 @@ fn load(requested: Option<&Path>) -> Result<PathBuf, String> {
     Ok(path)
 }
 
-/// OpenVINO's name for a precision hint.
+/// OpenVINO's name for a precision hint. int8 is the model's (its QDQ pairs become OpenVINO's
+/// FakeQuantize and run in integer kernels); what lies outside them stays f32.
 fn hint_name(precision: Precision) -> &'static str {
     match precision {
-        Precision::F32 => "f32",
+        Precision::F32 | Precision::Int8 => "f32",
         Precision::Bf16 => "bf16",
         Precision::Fp16 => "f16",
     }
@@ -252,7 +253,7 @@ impl OpenVinoBackend {
 fn precision_matches(reported: &str, precision: Precision) -> bool {
     let reported = reported.trim().to_ascii_lowercase();
     match precision {
-        Precision::F32 => reported == "f32" || reported == "float32",
+        Precision::F32 | Precision::Int8 => reported == "f32" || reported == "float32",
         Precision::Bf16 => reported == "bf16" || reported == "bfloat16",
         Precision::Fp16 => reported == "f16" || reported == "float16",
     }

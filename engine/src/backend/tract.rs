@@ -80,6 +80,16 @@ impl TractBackend {
     }
 }
 
+/// Why tract does not run int8. tract 0.23 reads a QDQ graph but runs its QuantizeLinear and
+/// DequantizeLinear as float operations around float kernels (it fuses no `DQ → Conv → Q` into an
+/// integer convolution), so the quantized graph costs more than the f32 one: 16-patch plans,
+/// channels-last, on a loaded 2-core Zen 4 (2026-12-03): demo model 82–89 ms against 27–31 ms f32,
+/// full S 498 against 209 ms. (It is the quantizer's reference for the QDQ arithmetic, where
+/// speed does not matter.)
+pub const INT8_REFUSAL: &str = "tract runs a quantized (QDQ) model's quantize and dequantize steps in float around float \
+    kernels, with no integer convolution: 2.4–3× slower than the f32 model; int8 needs ONNX Runtime's CPU provider or \
+    OpenVINO (or use precision f32 with the f32 model)";
+
 /// Patches per plan run: each thread runs its share of a batch in runs of at most this many.
 /// Smaller runs keep the activations of the early, large layers closer to the cache: 16 measured
 /// 1.04–1.05× faster than 32 (a thread's half of an image) and 64 no faster than 32
@@ -130,7 +140,9 @@ pub fn optimise(
     match precision {
         Precision::F32 => {}
         Precision::Fp16 => apply("f32_to_f16")?,
-        Precision::Bf16 => return Err(TractError::msg("tract runs f32 or fp16, not bf16")),
+        Precision::Bf16 | Precision::Int8 => {
+            return Err(TractError::msg(format!("tract runs f32 or fp16, not {precision}")));
+        }
     }
     if layout == ConvLayout::ChannelsLast {
         apply("conv_nhwc")?;
@@ -144,7 +156,7 @@ pub fn input(patches: &[f32], shape: [usize; 4], precision: Precision) -> TractR
     let tensor = Tensor::from_shape(&shape, patches)?;
     Ok(match precision {
         Precision::Fp16 => tensor.cast_to::<f16>()?.into_owned(),
-        Precision::F32 | Precision::Bf16 => tensor,
+        Precision::F32 | Precision::Bf16 | Precision::Int8 => tensor,
     }
     .into_tvalue())
 }
