@@ -88,14 +88,15 @@ if ! cargo nextest --version >/dev/null 2>&1 && ! [ -x .cache/tools/bin/cargo-ne
 fi
 
 # The web page (scripts/web-build.sh): wasm-bindgen-cli, of exactly the wasm-bindgen version in
-# Cargo.lock (the two must match), with its test runner. Its page test drives Debian's chromium
+# Cargo.lock (the two must match), with its test runner. Not --locked: the lock file published with
+# 0.2.130 names webpki-roots 1.0.11, which crates.io no longer offers, so it cannot be resolved. Its page test drives Debian's chromium
 # with playwright-core from npm (pinned by web/page-test/package-lock.json; no browser download),
 # on this machine's Node.js.
 WASM_BINDGEN_VERSION=$(awk '/^name = "wasm-bindgen"$/ { getline; gsub(/[^0-9.]/, ""); print; exit }' Cargo.lock)
 if [ "$(.cache/tools/bin/wasm-bindgen --version 2>/dev/null)" != "wasm-bindgen $WASM_BINDGEN_VERSION" ]; then
     echo "setup: installing wasm-bindgen-cli $WASM_BINDGEN_VERSION into .cache/tools (a few minutes)"
     env -u RUSTC_WORKSPACE_WRAPPER -u CLIPPY_ARGS \
-        cargo install --quiet --locked --root .cache/tools wasm-bindgen-cli --version "$WASM_BINDGEN_VERSION"
+        cargo install --quiet --root .cache/tools wasm-bindgen-cli --version "$WASM_BINDGEN_VERSION"
 fi
 if ! node -e 'process.exit(Number(process.versions.node.split(".")[0]) >= 20 ? 0 : 1)' 2>/dev/null; then
     echo "setup: Node.js 20 or newer is needed for the web page's test (web/page-test)" >&2

@@ -38,9 +38,10 @@ version=$(awk '/^name = "wasm-bindgen"$/ { getline; gsub(/[^0-9.]/, ""); print; 
 tools=$PWD/.cache/tools
 if [ "$("$tools/bin/wasm-bindgen" --version 2>/dev/null)" != "wasm-bindgen $version" ]; then
     echo "web-build: installing wasm-bindgen-cli $version into .cache/tools (a few minutes, once)" >&2
-    # Not linted: the clippy wrapper of scripts/test.sh is for this workspace's crates only.
+    # Not linted: the clippy wrapper of scripts/test.sh is for this workspace's crates only. Not
+    # --locked: see scripts/setup.sh.
     env -u RUSTC_WORKSPACE_WRAPPER -u CLIPPY_ARGS \
-        cargo install --quiet --locked --root "$tools" wasm-bindgen-cli --version "$version" >&2
+        cargo install --quiet --root "$tools" wasm-bindgen-cli --version "$version" >&2
 fi
 
 # SIMD128 (every current browser has it): tract's wasm kernels use it. Only the target's code:
