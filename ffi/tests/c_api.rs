@@ -229,9 +229,9 @@ fn bad_inputs_get_their_status_and_a_message_naming_them() {
         medpatch_options_new(&mut options);
         expect(medpatch_options_set_provider(options, c"gpu".as_ptr()), S::InvalidArgument, "unknown provider 'gpu'");
         expect(
-            medpatch_options_set_precision(options, c"int8".as_ptr()),
+            medpatch_options_set_precision(options, c"int4".as_ptr()),
             S::InvalidArgument,
-            "unknown precision 'int8'",
+            "unknown precision 'int4'",
         );
         expect(medpatch_options_set_provider(options, c"cuda".as_ptr()), S::Ok, "");
         expect(medpatch_options_set_ort_library(options, c"/nonexistent/libonnxruntime.so".as_ptr()), S::Ok, "");
