@@ -170,7 +170,10 @@ def test_errors_are_python_exceptions(tmp_path, engine):
         medpatch.Engine(provider="gpu")
     with pytest.raises(medpatch.ProviderUnavailableError, match="cuda"):
         medpatch.Engine(provider="cuda")
-    with pytest.raises(ValueError, match="unknown precision 'int8'"):
+    with pytest.raises(ValueError, match="unknown precision 'int4'"):
+        medpatch.Engine(precision="int4")
+    # int8 runs a quantized model only; the message is in Python's spelling.
+    with pytest.raises(medpatch.ModelError, match=r'the model is not quantized: precision="int8" runs a model made by'):
         medpatch.Engine(precision="int8")
     with pytest.raises(medpatch.ProviderUnavailableError, match="tract .* runs f32 or fp16 only, not bf16"):
         medpatch.Engine(provider="tract", precision="bf16")
