@@ -88,14 +88,20 @@ fn formulas_equal_the_numpy_transcription() {
     }
 }
 
-/// The demo model quantized on the bundled X-ray: every constant as numpy computes it, and the
-/// stored measurement (tract's evaluation of the QDQ graph) as ONNX Runtime evaluates the graph.
-#[test]
-fn the_quantized_demo_model_is_what_numpy_and_onnx_say() {
+/// The embedded demo model, and its calibration on the bundled X-ray (one image, 64 patches).
+fn demo_model_calibrated_on_the_bundled_xray() -> (Model, Calibration) {
     let model =
         Model::from_bytes(DEFAULT_MODEL_BYTES.into(), ModelOrigin::Memory("medpatch-default.onnx".into())).unwrap();
     let xray = repo_root().join("assets/00001369_000.png");
     let calibration = Calibration::from_files(&model, &[xray], 1).unwrap();
+    (model, calibration)
+}
+
+/// The demo model quantized on the bundled X-ray: every constant as numpy computes it, and the
+/// stored measurement (tract's evaluation of the QDQ graph) as ONNX Runtime evaluates the graph.
+#[test]
+fn the_quantized_demo_model_is_what_numpy_and_onnx_say() {
+    let (model, calibration) = demo_model_calibrated_on_the_bundled_xray();
     assert_eq!((calibration.images, calibration.count), (1, 64));
     let quantized = quantize(&model, &calibration, &QuantizeOptions { threads: 2, ..Default::default() }).unwrap();
     let dir = scratch("quantize-numpy-model");
@@ -143,10 +149,7 @@ fn the_quantized_demo_model_is_what_numpy_and_onnx_say() {
 /// calibration, and ONNX Runtime runs the whole graph in integers within the same agreement.
 #[test]
 fn with_nothing_kept_the_input_is_calibrated_and_quantized() {
-    let model =
-        Model::from_bytes(DEFAULT_MODEL_BYTES.into(), ModelOrigin::Memory("medpatch-default.onnx".into())).unwrap();
-    let xray = repo_root().join("assets/00001369_000.png");
-    let calibration = Calibration::from_files(&model, &[xray], 1).unwrap();
+    let (model, calibration) = demo_model_calibrated_on_the_bundled_xray();
     let options = QuantizeOptions { keep: vec!["none".into()], threads: 2, ..Default::default() };
     let quantized = quantize(&model, &calibration, &options).unwrap();
     assert!(quantized.record.kept_f32.is_empty(), "{:?}", quantized.record.kept_f32);
