@@ -8,6 +8,7 @@ pub mod backend;
 pub use medpatch_decode as decode;
 mod engine;
 pub mod explain;
+pub mod layers;
 pub mod model;
 pub mod preprocess;
 pub mod render;

@@ -23,8 +23,9 @@
 
 pub mod calibrate;
 pub mod formulas;
-pub mod layers;
 pub mod qdq;
+/// Layer names and presets, shared with the engine's bf16 (which keeps layers in f32 the same way).
+pub use medpatch_engine::layers;
 
 use calibrate::Runner;
 use formulas::{ActivationParams, activation_params};

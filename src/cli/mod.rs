@@ -47,6 +47,10 @@ pub struct EngineArgs {
     /// f32 logits `medpatch quantize` stored in the quantized model).
     #[arg(long, value_name = "FILE.onnx")]
     pub reference_model: Option<PathBuf>,
+    /// bf16: layers left in f32, comma-separated: presets stem, head, classifier, se, none, or
+    /// layer names such as features.4.0 (default stem,classifier).
+    #[arg(long, value_name = "LAYERS", value_delimiter = ',')]
+    pub keep_f32: Option<Vec<String>>,
     /// Intra-op threads (0: all cores).
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
@@ -80,6 +84,7 @@ impl EngineArgs {
                 openvino_library: self.openvino_lib.clone(),
                 tensorrt_cache: self.trt_cache.clone(),
                 reference_model: self.reference_model.clone(),
+                keep_f32: self.keep_f32.clone(),
             })
             .build()?)
     }

@@ -8,6 +8,8 @@
 //! int8) must first pass a self-check against f32 (see [`precision`]). int8 is the precision of a
 //! quantized model (`medpatch quantize`): such a model runs at int8 only, and int8 needs one.
 
+#[cfg(feature = "openvino")]
+mod bf16_graph;
 #[cfg(feature = "onnxruntime")]
 mod onnxruntime;
 #[cfg(feature = "openvino")]
@@ -265,6 +267,10 @@ pub struct BackendOptions {
     /// int8: the f32 model the quantized model was made from, run for the self-check (default:
     /// the f32 logits stored in the quantized model by `medpatch quantize`).
     pub reference_model: Option<PathBuf>,
+    /// bf16: the layers that stay f32 (names or presets of [`crate::layers`]; default
+    /// [`crate::layers::DEFAULT_KEEP`]). An int8 model's f32 layers were chosen when it was
+    /// quantized.
+    pub keep_f32: Option<Vec<String>>,
 }
 
 /// Runs the patch backbone: `patches` is `[n, C, P, P]` row-major, the result `[n, classes]`.
@@ -273,6 +279,10 @@ pub trait Backend: Send + Sync {
     /// The precision it computes in.
     fn precision(&self) -> Precision {
         Precision::F32
+    }
+    /// The layers it leaves in f32 at a reduced precision (bf16 on OpenVINO).
+    fn kept_f32(&self) -> &[String] {
+        &[]
     }
     fn run(&self, patches: &[f32], n: usize) -> Result<Vec<f32>, BackendError>;
 }
@@ -411,6 +421,17 @@ fn check_model_precision(model: &Model, precision: Precision) -> Result<(), Engi
 
 pub fn select(model: &Model, choice: ProviderChoice, options: &BackendOptions) -> Result<Selection, EngineError> {
     check_model_precision(model, options.precision)?;
+    if options.keep_f32.is_some() && options.precision != Precision::Bf16 {
+        return Err(EngineError::Input(format!(
+            "layers kept in f32 are for precision bf16, not {}{}",
+            options.precision,
+            if options.precision == Precision::Int8 {
+                ": an int8 model's were chosen when it was quantized (medpatch quantize --keep)"
+            } else {
+                ""
+            }
+        )));
+    }
     let reference = if options.precision == Precision::Int8 { int8_reference(model, options)? } else { None };
     let order = match choice {
         ProviderChoice::Auto => Provider::ALL.to_vec(),

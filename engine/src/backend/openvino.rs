@@ -4,21 +4,25 @@
 //! The model is read from memory (the engine's ONNX bytes; OpenVINO's ONNX frontend reads it
 //! directly) and compiled once, any batch size, in OpenVINO's throughput mode: a batch is split
 //! between the compiled model's infer requests (one per stream), which run side by side. The
-//! precision hint is
-//! always set explicitly: OpenVINO's CPU default on BF16-capable CPUs is bf16, and f32 must mean
-//! f32. The compiled model's own report of its precision is checked too, because OpenVINO ignores
-//! a bf16 hint on CPUs without BF16 and silently runs f32.
+//! precision hint is always f32, set explicitly (OpenVINO's CPU default on BF16-capable CPUs is
+//! bf16) and checked in the compiled model's report: bf16 is written into the graph instead
+//! ([`super::bf16_graph`]), so that chosen layers stay f32, and runs only on CPUs that report BF16
+//! (elsewhere OpenVINO would run the bf16 nodes in f32, silently).
 
 use super::{Backend, BackendOptions, Precision, Provider};
-use super::{BackendError, guard, run_in_parts};
+use super::{BackendError, bf16_graph::bf16_graph, guard, run_in_parts};
+use crate::layers;
 use crate::model::Model;
 use ::openvino::{
     CompiledModel, Core, DeviceType, Dimension, ElementType, InferRequest, InferenceError, PartialShape, PropertyKey,
     RwPropertyKey, Shape, Tensor,
 };
 use medpatch_models::panics::catch_quietly;
+use prost::Message;
+use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+use tract_onnx::pb;
 
 /// The environment variable naming the OpenVINO C library (`libopenvino_c.so*`) or its folder.
 pub const OPENVINO_LIBRARY_ENV: &str = "OPENVINO_LIB_PATH";
@@ -131,16 +135,6 @@ fn load(requested: Option<&Path>) -> Result<PathBuf, String> {
     Ok(path)
 }
 
-/// OpenVINO's name for a precision hint. int8 is the model's (its QDQ pairs become OpenVINO's
-/// FakeQuantize and run in integer kernels); what lies outside them stays f32.
-fn hint_name(precision: Precision) -> &'static str {
-    match precision {
-        Precision::F32 | Precision::Int8 => "f32",
-        Precision::Bf16 => "bf16",
-        Precision::Fp16 => "f16",
-    }
-}
-
 pub struct OpenVinoBackend {
     /// One per OpenVINO stream; a batch is split between them and they run side by side.
     requests: Vec<Mutex<InferRequest>>,
@@ -148,6 +142,8 @@ pub struct OpenVinoBackend {
     _compiled: Mutex<CompiledModel>,
     _core: Mutex<Core>,
     precision: Precision,
+    /// bf16: the layers left in f32.
+    kept_f32: Vec<String>,
     patch_shape: [usize; 3],
     classes: usize,
 }
@@ -185,9 +181,10 @@ impl OpenVinoBackend {
                 ));
             }
         }
-        // Always explicit: the CPU plugin's default on BF16-capable CPUs is bf16.
-        core.set_property(&cpu, &RwPropertyKey::HintInferencePrecision, hint_name(precision))
-            .map_err(ov_err("precision hint"))?;
+        // Always f32, explicitly: the CPU plugin's default on BF16-capable CPUs is bf16. bf16 is
+        // the graph's (below); int8 is the model's (its QDQ pairs become OpenVINO's FakeQuantize
+        // and run in integer kernels).
+        core.set_property(&cpu, &RwPropertyKey::HintInferencePrecision, "f32").map_err(ov_err("precision hint"))?;
         if options.threads > 0 {
             core.set_property(&cpu, &RwPropertyKey::InferenceNumThreads, &options.threads.to_string())
                 .map_err(ov_err("threads"))?;
@@ -196,7 +193,15 @@ impl OpenVinoBackend {
         // on one request for 64×64 patches (measured: docs/speed.md).
         core.set_property(&cpu, &RwPropertyKey::HintPerformanceMode, "THROUGHPUT")
             .map_err(ov_err("performance hint"))?;
-        let mut ov_model = core.read_model_from_buffer(&model.bytes, None).map_err(ov_err("cannot read the model"))?;
+        let (graph, kept_f32) = match precision {
+            Precision::Bf16 => {
+                let (graph, kept) = mixed_precision_graph(model, options.keep_f32.as_deref())?;
+                (Cow::Owned(graph), kept)
+            }
+            _ => (Cow::Borrowed(&model.bytes[..]), Vec::new()),
+        };
+        let mut ov_model = core.read_model_from_buffer(&graph, None).map_err(ov_err("cannot read the model"))?;
+        drop(graph);
         // Any batch size, every other dimension static: one compiled model serves every batch.
         let [c, p] = [model.channels as i64, model.patch_size() as i64];
         let dims = [Dimension::new(-1, -1), Dimension::new(c, c), Dimension::new(p, p), Dimension::new(p, p)];
@@ -205,10 +210,8 @@ impl OpenVinoBackend {
         let mut compiled = core.compile_model(&ov_model, cpu).map_err(ov_err("cannot compile the model"))?;
         let hint = compiled.get_property(&PropertyKey::Rw(RwPropertyKey::HintInferencePrecision));
         let hint = hint.map_err(ov_err("precision"))?.to_string();
-        if !precision_matches(&hint, precision) {
-            return Err(format!(
-                "OpenVINO compiled the model at {hint}, not {precision} as asked (it ignores bf16 on CPUs without it)"
-            ));
+        if !matches!(hint.trim().to_ascii_lowercase().as_str(), "f32" | "float32") {
+            return Err(format!("OpenVINO compiled the model at {hint}, not at the f32 it was asked for"));
         }
         let streams = compiled.get_property(&PropertyKey::OptimalNumberOfInferRequests).map_err(ov_err("streams"))?;
         let streams = streams.trim().parse::<usize>().unwrap_or(1).clamp(1, 64);
@@ -221,6 +224,7 @@ impl OpenVinoBackend {
             _compiled: Mutex::new(compiled),
             _core: Mutex::new(core),
             precision,
+            kept_f32,
             patch_shape: [model.channels, model.patch_size(), model.patch_size()],
             classes: model.num_classes(),
         })
@@ -249,14 +253,16 @@ impl OpenVinoBackend {
     }
 }
 
-/// Does OpenVINO's report of a compiled model's precision ("f32", "bf16", …) say `precision`?
-fn precision_matches(reported: &str, precision: Precision) -> bool {
-    let reported = reported.trim().to_ascii_lowercase();
-    match precision {
-        Precision::F32 | Precision::Int8 => reported == "f32" || reported == "float32",
-        Precision::Bf16 => reported == "bf16" || reported == "bfloat16",
-        Precision::Fp16 => reported == "f16" || reported == "float16",
-    }
+/// `model` with every layer in bf16 but those `keep` names (default [`layers::DEFAULT_KEEP`]), and
+/// the layers kept.
+fn mixed_precision_graph(model: &Model, keep: Option<&[String]>) -> Result<(Vec<u8>, Vec<String>), String> {
+    let proto = pb::ModelProto::decode(&*model.bytes).map_err(|e| format!("not an ONNX model ({e})"))?;
+    let default_keep = layers::DEFAULT_KEEP.map(String::from);
+    let graph = proto.graph.as_ref().ok_or("the model has no graph")?;
+    let kept = layers::expand(keep.unwrap_or(&default_keep), &model.metadata.architecture, graph)
+        .map_err(|e| format!("layers to keep in f32: {e}"))?;
+    let (bytes, _) = bf16_graph(proto, &|node| kept.iter().any(|layer| layers::belongs(node, layer)))?;
+    Ok((bytes, kept))
 }
 
 impl Backend for OpenVinoBackend {
@@ -266,6 +272,10 @@ impl Backend for OpenVinoBackend {
 
     fn precision(&self) -> Precision {
         self.precision
+    }
+
+    fn kept_f32(&self) -> &[String] {
+        &self.kept_f32
     }
 
     fn run(&self, patches: &[f32], n: usize) -> Result<Vec<f32>, BackendError> {
@@ -301,11 +311,5 @@ mod tests {
         for name in ["libopenvino.so.2641", "libopenvino_c.pc", "libopenvino_onnx_frontend.so.2641", "openvino_c.h"] {
             assert!(!is_c_library(name), "{name}");
         }
-    }
-
-    #[test]
-    fn reported_precisions_are_matched_strictly() {
-        assert!(precision_matches("f32", Precision::F32) && precision_matches(" BF16", Precision::Bf16));
-        assert!(!precision_matches("f32", Precision::Bf16) && !precision_matches("bf16", Precision::F32));
     }
 }

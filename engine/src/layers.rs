@@ -1,4 +1,5 @@
-//! The model's layers by name, and which of them stay in f32.
+//! The model's layers by name, and which of them stay in f32 at a reduced precision: int8
+//! (`medpatch quantize --keep`) and bf16 (`--keep-f32`).
 //!
 //! Layers are named as the exporter names its nodes (torchvision's module names, from the one
 //! layer list `medpatch_models::arch`): `features.0` (the stem), `features.4.0.block.2` (a
@@ -18,8 +19,8 @@ pub const PRESETS: [(&str, &str); 5] = [
     ("none", "nothing: every supported layer is quantized"),
 ];
 
-/// What `--keep` means when not given: the stem and the classifier (measured on the demo model:
-/// docs/precision.md).
+/// The layers kept in f32 when none are named, for int8 and bf16: the stem and the classifier
+/// (measured on the demo model: docs/precision.md).
 pub const DEFAULT_KEEP: [&str; 2] = ["stem", "classifier"];
 
 /// Is `node` part of layer `layer`?
