@@ -82,13 +82,13 @@ fn the_aarch64_tract_build_equals_the_x86_build_on_the_bundled_xray() {
 /// tract's fp16 on ARM, with its native arm64 fp16 kernels: scripts/test.sh builds the edge binary
 /// for an FP16 CPU (`scripts/edge-build.sh --fp16-cpu`), because qemu-user shows the x86 host's
 /// /proc/cpuinfo, where tract looks for FP16, while the CPU qemu emulates has it.
-/// On a model whose logits stay within the self-check's bound at fp16 (random weights: logits near
-/// 0; a 128² image, 4 patches), `--precision fp16` passes the self-check against tract's f32 and
-/// gives the x86 build's f32 logits within that bound. On the bundled demo model (patch logits up
-/// to ±170, so fp16's error of ~1.6% of that scale moves the logits near 0 too far) the self-check
-/// refuses fp16.
+/// On a model whose logits are small (random weights: logits near 0; a 128² image, 4 patches),
+/// `--precision fp16` passes the self-check's per-logit bound against tract's f32 and gives the x86
+/// build's f32 logits within it. On the bundled demo model (patch logits up to ±170) fp16 moves
+/// the logits near 0 by far more than the per-logit bound, but by less than twice what rounding the
+/// check image to 8 bits does to them in f32: the self-check passes on that half of its bound.
 #[test]
-fn tract_runs_fp16_on_arm_after_the_self_check_and_refuses_it_where_the_check_fails() {
+fn tract_runs_fp16_on_arm_after_the_self_check() {
     let Some(edge) = edge_binary() else { return };
     let dir = medpatch_testkit::scratch("edge-fp16");
     let model = dir.join("tiny-random.onnx");
@@ -114,9 +114,17 @@ fn tract_runs_fp16_on_arm_after_the_self_check_and_refuses_it_where_the_check_fa
     }
     eprintln!("aarch64 fp16 (qemu) vs x86 f32, random tiny model, 14 image logits: max |Δ| {worst:.2e}");
 
-    let refused = under_qemu(&edge, &["predict", "--provider", "tract", "--precision", "fp16", XRAY]);
-    let stderr = String::from_utf8_lossy(&refused.stderr);
-    assert_eq!(refused.status.code(), Some(1), "{stderr}");
-    assert!(stderr.contains("fp16 results are too far from f32 on the self-check patches"), "{stderr}");
-    assert!(stderr.contains("Use --precision f32"), "{stderr}");
+    let demo = under_qemu(&edge, &["predict", "--provider", "tract", "--precision", "fp16", XRAY]);
+    let stderr = String::from_utf8_lossy(&demo.stderr);
+    assert!(demo.status.success(), "{stderr}");
+    let check = stderr.lines().find(|l| l.contains("fp16 self-check on 64 fixed patches")).expect("the check's line");
+    eprintln!("the demo model on aarch64 fp16 (qemu): {check}");
+    // "(N% of the bound: P% of 0.05 + 0.05·|logit| per logit, R% of 2× what rounding …)": passed on R.
+    let percent = |after: &str| -> f64 {
+        let rest = &check[check.find(after).expect(after) + after.len()..];
+        rest[..rest.find('%').unwrap()].trim().parse().unwrap()
+    };
+    let (per_logit, rounding) = (percent("of the bound: "), percent("per logit, "));
+    assert!(per_logit > 100.0 && rounding <= 100.0, "{check}");
+    assert_eq!(record(&demo)["precision"], "fp16");
 }

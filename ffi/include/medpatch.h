@@ -436,6 +436,17 @@ enum medpatch_status medpatch_options_set_precision(struct medpatch_options *opt
                                                     const char *precision);
 
 /**
+ * At precision `"bf16"`: the layers left in f32, comma-separated: presets `stem`, `head`,
+ * `classifier`, `se`, `none`, or layer names such as `features.4.0` (default
+ * `"stem,classifier"`). Checked against the model when the engine is created.
+ *
+ * # Safety
+ * `options` and `layers` must be NULL or valid.
+ */
+enum medpatch_status medpatch_options_set_keep_f32(struct medpatch_options *options,
+                                                   const char *layers);
+
+/**
  * The OpenVINO C library (`libopenvino_c.so*`) or the folder that holds it (e.g. the `openvino`
  * wheel's `openvino/libs`). Default: `OPENVINO_LIB_PATH`, then the active Python environment.
  *

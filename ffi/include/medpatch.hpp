@@ -115,6 +115,11 @@ public:
         detail::check(medpatch_options_set_precision(handle_.get(), precision.c_str()));
         return *this;
     }
+    /// At "bf16": the layers left in f32, comma-separated (default "stem,classifier").
+    Options& keep_f32(const std::string& layers) {
+        detail::check(medpatch_options_set_keep_f32(handle_.get(), layers.c_str()));
+        return *this;
+    }
     Options& openvino_library(const std::string& path) {
         detail::check(medpatch_options_set_openvino_library(handle_.get(), path.c_str()));
         return *this;

@@ -202,6 +202,24 @@ pub unsafe extern "C" fn medpatch_options_set_precision(
     })
 }
 
+/// At precision `"bf16"`: the layers left in f32, comma-separated: presets `stem`, `head`,
+/// `classifier`, `se`, `none`, or layer names such as `features.4.0` (default
+/// `"stem,classifier"`). Checked against the model when the engine is created.
+///
+/// # Safety
+/// `options` and `layers` must be NULL or valid.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn medpatch_options_set_keep_f32(
+    options: *mut medpatch_options,
+    layers: *const c_char,
+) -> medpatch_status {
+    with_options(options, |o| {
+        let layers = utf8_arg(layers, "layers")?;
+        o.backend.keep_f32 = Some(layers.split(',').map(|l| l.trim().to_string()).collect());
+        Ok(())
+    })
+}
+
 /// The OpenVINO C library (`libopenvino_c.so*`) or the folder that holds it (e.g. the `openvino`
 /// wheel's `openvino/libs`). Default: `OPENVINO_LIB_PATH`, then the active Python environment.
 ///

@@ -424,6 +424,16 @@ fn openvino_and_precision_through_the_c_api() {
         expect(medpatch_options_set_precision(options, c"fp16".as_ptr()), medpatch_status::Ok, "");
         expect(medpatch_engine_new(options, &mut engine), medpatch_status::ProviderUnavailable, "not fp16");
         assert!(engine.is_null());
+        // Layers kept in f32 are bf16's: at f32 they are an invalid argument, named.
+        expect(medpatch_options_set_precision(options, c"f32".as_ptr()), medpatch_status::Ok, "");
+        expect(medpatch_options_set_keep_f32(null_mut(), c"stem".as_ptr()), medpatch_status::NullArgument, "NULL");
+        expect(medpatch_options_set_keep_f32(options, c"stem,head".as_ptr()), medpatch_status::Ok, "");
+        expect(
+            medpatch_engine_new(options, &mut engine),
+            medpatch_status::InvalidArgument,
+            "layers kept in f32 are for precision bf16, not f32",
+        );
+        assert!(engine.is_null());
         medpatch_options_free(&mut options);
     }
 }

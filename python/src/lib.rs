@@ -351,7 +351,7 @@ impl Engine {
 #[pymethods]
 impl Engine {
     /// Engine(model=None, *, provider="auto", precision="f32", threads=0, batch_size=None,
-    ///        ort_library=None, openvino_library=None)
+    ///        ort_library=None, openvino_library=None, keep_f32=None)
     ///
     /// model: None for the embedded demo model (trained on synthetic images: NOT a diagnostic
     /// model), a path to an ONNX file written by `medpatch export`, or its bytes.
@@ -360,11 +360,13 @@ impl Engine {
     /// BF16) or "fp16" (TensorRT; tract on ARM CPUs with FP16), checked against f32 at start. threads: intra-op threads (0: all
     /// cores). batch_size: patches per backend call. ort_library / openvino_library: the shared
     /// library to load (default: ORT_DYLIB_PATH / OPENVINO_LIB_PATH, beside the executable, or the
-    /// onnxruntime / openvino wheel of this Python environment).
+    /// onnxruntime / openvino wheel of this Python environment). keep_f32: at bf16, the layers
+    /// left in f32 (a list of presets "stem", "head", "classifier", "se", "none" or layer names;
+    /// default ["stem", "classifier"]).
     #[new]
     #[pyo3(signature = (
         model=None, *, provider="auto", precision="f32", threads=0, batch_size=None, ort_library=None,
-        openvino_library=None
+        openvino_library=None, keep_f32=None
     ))]
     #[allow(clippy::too_many_arguments)] // Python keyword arguments
     fn new(
@@ -376,6 +378,7 @@ impl Engine {
         batch_size: Option<usize>,
         ort_library: Option<PathBuf>,
         openvino_library: Option<PathBuf>,
+        keep_f32: Option<Vec<String>>,
     ) -> PyResult<Self> {
         let provider: ProviderChoice = provider.parse().map_err(PyValueError::new_err)?;
         let precision: medpatch_engine::Precision = precision.parse().map_err(PyValueError::new_err)?;
@@ -413,6 +416,7 @@ impl Engine {
             precision,
             ort_library: ort_library.or_else(|| onnxruntime_wheel_library(py)),
             openvino_library: openvino_library.or_else(|| openvino_wheel_library(py)),
+            keep_f32,
             ..Default::default()
         };
         let builder = builder.backend_options(options);

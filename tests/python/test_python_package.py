@@ -177,6 +177,8 @@ def test_errors_are_python_exceptions(tmp_path, engine):
         medpatch.Engine(precision="int8")
     with pytest.raises(medpatch.ProviderUnavailableError, match="tract .* runs f32 or fp16 only, not bf16"):
         medpatch.Engine(provider="tract", precision="bf16")
+    with pytest.raises(ValueError, match="layers kept in f32 are for precision bf16, not f32"):
+        medpatch.Engine(provider="tract", keep_f32=["stem"])
     if platform.machine() == "x86_64":  # tract's fp16 needs an ARM CPU with FP16
         with pytest.raises(medpatch.ProviderUnavailableError, match="tract runs fp16 only on ARM CPUs"):
             medpatch.Engine(provider="tract", precision="fp16")

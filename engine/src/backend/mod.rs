@@ -139,7 +139,7 @@ impl BackendError {
 
 /// Options the library's messages name, in the library's words, and as each front end spells
 /// them: the CLI, the C API, Python. A front end shows a message through [`in_terms_of`].
-pub const OPTION_SPELLINGS: [(&str, [&str; 3]); 4] = [
+pub const OPTION_SPELLINGS: [(&str, [&str; 3]); 5] = [
     (
         "the ONNX Runtime library option",
         ["--ort-lib PATH", "medpatch_options_set_ort_library()", "Engine(ort_library=PATH)"],
@@ -150,6 +150,14 @@ pub const OPTION_SPELLINGS: [(&str, [&str; 3]); 4] = [
     ),
     ("precision f32", ["--precision f32", "precision \"f32\"", "precision=\"f32\""]),
     ("precision int8", ["--precision int8", "precision \"int8\"", "precision=\"int8\""]),
+    (
+        "keep more layers in f32",
+        [
+            "keep more layers in f32 (--keep-f32 LAYERS)",
+            "keep more layers in f32 (medpatch_options_set_keep_f32())",
+            "keep more layers in f32 (Engine(keep_f32=[...]))",
+        ],
+    ),
 ];
 
 /// A front end, for [`in_terms_of`].
