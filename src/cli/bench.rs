@@ -141,6 +141,9 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
         engine_args.provider = ProviderChoice::Only(provider);
         engine_args.precision = precision;
         engine_args.threads = threads;
+        if precision != Precision::Bf16 {
+            engine_args.keep_f32 = None; // bf16's layers kept in f32: the other rows have none
+        }
         if precision == Precision::Int8 && args.int8_model.is_some() {
             engine_args.model = args.int8_model.clone();
         }

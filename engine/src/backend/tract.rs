@@ -218,9 +218,9 @@ mod tests {
     /// tract's fp16 graph computes what the f32 graph computes, to half precision's accuracy: on
     /// the self-check's patches, the default model's patch logits stay within 3% of their scale
     /// (measured: 2.8 where they reach ±170, 1.6%). That is outside the self-check's per-logit
-    /// bound for this overconfident demo model (a logit near 0 moves as much as the large ones),
-    /// so the engine refuses fp16 for it; tests/edge_build.rs runs tract's ARM fp16 kernels under
-    /// qemu, on this model (refused) and on one that passes. Here (x86, no fp16) tract runs its
+    /// bound for this overconfident demo model (a logit near 0 moves as much as the large ones)
+    /// but within its other half, twice what rounding the image to 8 bits does; tests/edge_build.rs
+    /// runs tract's ARM fp16 kernels under qemu on this model and a small one. Here (x86, no fp16) tract runs its
     /// portable fp16 kernels: the same graph, so this checks the transform and the casts.
     #[test]
     fn the_fp16_plan_computes_the_f32_plans_logits_to_half_precision() {
