@@ -9,7 +9,7 @@ scripts/setup.sh (onnxruntime, openvino, nncf, torch, scikit-learn, scipy), and 
 
 1. The synthetic benchmark (seed 0; the demo model's validation and test splits: 200 + 300 images).
 2. Calibration set: the first --calibration validation images, in CSV order, linked into OUT/calibration.
-3. medpatch quantize (minmax, percentile:99.999); quantize_static (uint8 activations, per-channel int8 weights,
+3. medpatch quantize (minmax, percentile:99.999; minmax laid out for OpenVINO, run there); quantize_static (uint8 activations, per-channel int8 weights,
    the same layers kept in f32; and its defaults); NNCF (the same layers ignored; and its defaults). The anchors
    read the calibration images through the seed's preprocessing (PIL, torchvision's centre crop and antialiased
    bilinear resize), medpatch through its own (matched to it, docs/speed.md).
@@ -20,7 +20,7 @@ scripts/setup.sh (onnxruntime, openvino, nncf, torch, scikit-learn, scipy), and 
 5. The NIH X-rays: medpatch f32 against int8, agreement only (no labels).
 6. Speed, full S with random weights (`medpatch export --random-init`): `medpatch bench` f32 against int8 (ONNX
    Runtime, OpenVINO; bf16 for reference), 2 threads, one run; onnxruntime-python and openvino-python on each int8
-   model (medpatch's, quantize_static's, NNCF's), interleaved in one process.
+   model (medpatch's for each target, quantize_static's, NNCF's), interleaved in one process.
 """
 import argparse
 import csv
@@ -117,11 +117,11 @@ def read_patch_logits(records, images):
     return np.stack([np.load(saved[str(p)]).reshape(64, -1) for p in images])
 
 
-def medpatch_predictions(medpatch, model, precision, threads, folder, images, env):
+def medpatch_predictions(medpatch, model, precision, threads, folder, images, env, provider="cpu"):
     """`medpatch predict --out folder` on the images, its records kept beside the outputs; their JSON Lines path."""
     records = folder / "predictions.jsonl"
     if not records.exists():
-        text = run([medpatch, "predict", "--model", model, "--precision", precision, "--provider", "cpu", "--threads",
+        text = run([medpatch, "predict", "--model", model, "--precision", precision, "--provider", provider, "--threads",
                     threads, "--out", folder, *images], env=env, capture=True)
         records.write_text(text)
     return records
@@ -265,11 +265,13 @@ def main():
 
     # 3. Quantize: medpatch, then the anchors.
     ours = {"medpatch quantize, minmax": out / "demo.int8.onnx",
-            "medpatch quantize, percentile:99.999": out / "demo.int8.p99999.onnx"}
-    for (name, path), method in zip(ours.items(), ("minmax", "percentile:99.999")):
+            "medpatch quantize, percentile:99.999": out / "demo.int8.p99999.onnx",
+            "medpatch quantize --target openvino, minmax": out / "demo.int8.openvino.onnx"}
+    for (name, path), (method, target) in zip(ours.items(), (("minmax", "onnxruntime"), ("percentile:99.999", "onnxruntime"),
+                                                             ("minmax", "openvino"))):
         t = time.time()
         text = run([medpatch, "quantize", "--model", demo, "--calibrate", calib_dir, "--method", method,
-                    "--threads", threads, "-o", path], env=env)
+                    "--target", target, "--threads", threads, "-o", path], env=env)
         report.setdefault("quantize", {})[name] = {"seconds": round(time.time() - t, 1), "log": text.strip()}
     calib = np.concatenate([seed_preprocess(f) for f in calib_files])
     theirs = anchors(str(demo), out, calib, "demo")
@@ -285,13 +287,14 @@ def main():
         return evaluation(folder / "report.json")
 
     for name, model, precision in [("f32", demo, "f32")] + [(n, p, "int8") for n, p in ours.items()]:
-        engine = ["--model", model, "--precision", precision, "--provider", "cpu", "--threads", threads]
+        provider = "openvino" if "--target openvino" in name else "cpu"  # each layout on its runtime
+        engine = ["--model", model, "--precision", precision, "--provider", provider, "--threads", threads]
         evals[name] = evaluate(name, engine)
-        if name != "medpatch quantize, percentile:99.999":
+        if name in ("f32", "medpatch quantize, minmax"):
             dense = evaluate(f"{name} dense", engine + ["--shift-steps", args.shift_steps])
             evals[name]["dense_hit_rate"] = dense["hit_rate"]
         pred = out / "pred" / re.sub(r"[^a-z0-9]+", "-", name.lower())
-        records = medpatch_predictions(medpatch, model, precision, threads, pred, test_images, env)
+        records = medpatch_predictions(medpatch, model, precision, threads, pred, test_images, env, provider)
         evals[name]["patch_logits"] = read_patch_logits(records, test_images)
     # The anchors (and f32, for like-for-like agreement) through onnxruntime-python on the seed's preprocessing.
     test_patches = np.stack([seed_preprocess(p) for p in test_images])
@@ -336,6 +339,10 @@ def main():
             text = run([medpatch, "quantize", "--model", s, "--calibrate", *calib_files[:args.speed_calibration],
                         "--threads", threads, "-o", s8], env=env)
             report["quantize_s"] = {"seconds": round(time.time() - t, 1), "log": text.strip()}
+        s8_openvino = out / "s.int8.openvino.onnx"
+        if not s8_openvino.exists():
+            run([medpatch, "quantize", "--model", s, "--calibrate", *calib_files[:args.speed_calibration],
+                 "--target", "openvino", "--threads", threads, "-o", s8_openvino], env=env)
         s_theirs = anchors(str(s), out, calib[:64 * args.speed_calibration], "s")
         bench = run([medpatch, "bench", "--model", s, "--int8-model", s8, "--threads", threads, "--repeats", 7,
                      "--providers", "cpu,cpu:int8,openvino,openvino:int8,openvino:bf16",
@@ -345,7 +352,7 @@ def main():
         import openvino as ov
 
         x = np.random.default_rng(0).random((64, 1, 64, 64), dtype=np.float32)
-        models = {"f32": s, "medpatch quantize": s8, **s_theirs}
+        models = {"f32": s, "medpatch quantize": s8, "medpatch quantize --target openvino": s8_openvino, **s_theirs}
         ort_runs = {n: (lambda sess: (lambda: sess.run(None, {"patches": x})))(ort_session(m, args.threads))
                     for n, m in models.items()}
         core = ov.Core()

@@ -81,7 +81,7 @@ pub const DEFAULT_PERCENTILE: f64 = 99.99;
 /// (a second and third run of the model; the whole set would double the time for little).
 pub const DEVIATION_PATCHES: usize = 1024;
 
-/// The scheme every quantized model uses, in words (stored in its metadata).
+/// The scheme every quantized model uses, in words (stored in its metadata, after the target).
 pub const SCHEME: &str = "qdq: int8 weights per output channel (symmetric), uint8 activations per tensor";
 
 #[derive(Debug, Clone)]
@@ -91,11 +91,18 @@ pub struct QuantizeOptions {
     pub keep: Vec<String>,
     /// Threads for the calibration runs (0: all cores).
     pub threads: usize,
+    /// The runtime whose integer kernels the quantizers are laid out for.
+    pub target: qdq::Target,
 }
 
 impl Default for QuantizeOptions {
     fn default() -> Self {
-        Self { method: Method::MinMax, keep: layers::DEFAULT_KEEP.iter().map(|s| s.to_string()).collect(), threads: 0 }
+        Self {
+            method: Method::MinMax,
+            keep: layers::DEFAULT_KEEP.iter().map(|s| s.to_string()).collect(),
+            threads: 0,
+            target: qdq::Target::default(),
+        }
     }
 }
 
@@ -227,7 +234,7 @@ pub fn quantize(
     let graph = proto.graph.as_mut().ok_or_else(|| QuantizeError::Model("the model has no graph".into()))?;
     let kept = layers::expand(&options.keep, &model.metadata.architecture, graph).map_err(QuantizeError::Layers)?;
     let is_kept = |node: &str| kept.iter().any(|layer| layers::belongs(node, layer));
-    let plan = qdq::plan(graph, &is_kept);
+    let plan = qdq::plan(graph, &is_kept, options.target);
     if plan.quantized_nodes() == 0 {
         return Err(QuantizeError::Graph("no node left to quantize: every supported node is kept in f32".into()));
     }
@@ -277,7 +284,7 @@ pub fn quantize(
     };
     let (f32_check, f32_sample) = logits_of(&model.bytes)?;
     let mut record = Quantization {
-        scheme: SCHEME.into(),
+        scheme: format!("{SCHEME}; laid out for {}", options.target.name()),
         method: options.method.describe(),
         calibration: CalibrationRecord {
             images: calibration.images,

@@ -4,11 +4,15 @@
 //! kernel; one that does not computes the same numbers in float (the graph's meaning is defined by
 //! the ONNX operators, see [`crate::formulas`]).
 //!
-//! Every node of a type listed in [`QUANTIZABLE`] is quantized, unless it is kept in f32 (the
-//! quantizer's choice of sensitive layers) or has a constant input the scheme does not cover.
-//! ONNX Runtime needs the whole chain quantized to stay in integers: with QDQ on convolutions
-//! alone, every SiLU, residual sum and squeeze-excitation runs in float between a dequantize and a
-//! quantize, each a round trip through memory in f32.
+//! Where the pairs go depends on the runtime that will fuse them ([`Target`]). For ONNX Runtime,
+//! every node of a type listed in [`QUANTIZABLE`] is quantized, inputs and outputs, unless it is
+//! kept in f32 (the quantizer's choice of sensitive layers) or has a constant input the scheme
+//! does not cover: ONNX Runtime needs the whole chain quantized to stay in integers (with QDQ on
+//! convolutions alone, every SiLU, residual sum and squeeze-excitation runs in float between a
+//! dequantize and a quantize, each a round trip through memory in f32). OpenVINO's CPU plugin
+//! instead fuses an activation (the SiLU) into the convolution before it as a float
+//! post-operation and requantizes once, at the next quantized input: there pairs go only on the
+//! inputs of convolutions, matrix products, sums and the squeeze-excitation's pooling and scaling.
 
 use crate::formulas::{ActivationParams, quantize_bias, quantize_weights};
 use std::collections::{HashMap, HashSet};
@@ -21,6 +25,39 @@ const FLOAT: i32 = tract_onnx::pb::tensor_proto::DataType::Float as i32;
 const UINT8: i32 = tract_onnx::pb::tensor_proto::DataType::Uint8 as i32;
 const INT8: i32 = tract_onnx::pb::tensor_proto::DataType::Int8 as i32;
 const INT32: i32 = tract_onnx::pb::tensor_proto::DataType::Int32 as i32;
+
+/// The runtime a quantized model is laid out for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Target {
+    /// ONNX Runtime (and TensorRT): every quantizable node in integers, inputs and outputs.
+    #[default]
+    OnnxRuntime,
+    /// OpenVINO: quantizers on the inputs of convolutions, matrix products, sums and the
+    /// squeeze-excitation's pooling and scaling; SiLUs, and the squeeze-excitation's small
+    /// convolutions on the pooled 1×1 tensor, stay float.
+    OpenVino,
+}
+
+impl Target {
+    pub const ALL: [Target; 2] = [Target::OnnxRuntime, Target::OpenVino];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Target::OnnxRuntime => "onnxruntime",
+            Target::OpenVino => "openvino",
+        }
+    }
+}
+
+impl std::str::FromStr for Target {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Target::ALL
+            .into_iter()
+            .find(|t| t.name().eq_ignore_ascii_case(s))
+            .ok_or_else(|| format!("unknown target '{s}': use onnxruntime (also for TensorRT) or openvino"))
+    }
+}
 
 /// Which nodes are quantized and which activations (tensor names, in graph order) need a range.
 #[derive(Debug, Clone, PartialEq)]
@@ -69,10 +106,33 @@ fn supported(node: &NodeProto, initializers: &HashMap<&str, &TensorProto>) -> bo
     }
 }
 
-/// Decide what to quantize: every supported node whose name is not kept.
-pub fn plan(graph: &GraphProto, kept: &dyn Fn(&str) -> bool) -> Plan {
+/// Decide what to quantize for `target`: supported nodes whose names are not kept.
+pub fn plan(graph: &GraphProto, kept: &dyn Fn(&str) -> bool, target: Target) -> Plan {
     let initializers: HashMap<&str, &TensorProto> = graph.initializer.iter().map(|t| (t.name.as_str(), t)).collect();
-    let quantized: Vec<bool> = graph.node.iter().map(|n| supported(n, &initializers) && !kept(&n.name)).collect();
+    let pooled = pooled_tensors(graph);
+    let silu = |n: &NodeProto| {
+        // y · sigmoid(y)
+        n.op_type == "Mul"
+            && n.input.len() == 2
+            && graph.node.iter().any(|s| {
+                s.op_type == "Sigmoid"
+                    && s.output.iter().any(|o| n.input.contains(o))
+                    && s.input.first().is_some_and(|y| n.input.contains(y))
+            })
+    };
+    let fused_by_openvino = |n: &NodeProto| match n.op_type.as_str() {
+        "Sigmoid" | "Flatten" => true,
+        "Mul" => silu(n),
+        "Conv" => n.input.first().is_some_and(|x| pooled.contains(x.as_str())),
+        _ => false,
+    };
+    let quantized: Vec<bool> = graph
+        .node
+        .iter()
+        .map(|n| {
+            supported(n, &initializers) && !kept(&n.name) && (target == Target::OnnxRuntime || !fused_by_openvino(n))
+        })
+        .collect();
     let mut activations = Vec::new();
     let mut seen = HashSet::new();
     let mut note = |name: &str| {
@@ -84,10 +144,28 @@ pub fn plan(graph: &GraphProto, kept: &dyn Fn(&str) -> bool) -> Plan {
         if q {
             // A node's data inputs; the weight and bias of Conv/Gemm are constants, skipped by `note`.
             node.input.iter().for_each(|i| note(i));
-            node.output.iter().for_each(|o| note(o));
+            if target == Target::OnnxRuntime {
+                node.output.iter().for_each(|o| note(o));
+            }
         }
     }
     Plan { quantized, activations }
+}
+
+/// Tensors computed from a global pooling's 1×1 output alone (the squeeze-excitation's squeeze
+/// and its small convolutions, the classifier's input).
+fn pooled_tensors(graph: &GraphProto) -> HashSet<&str> {
+    let constants: HashSet<&str> = graph.initializer.iter().map(|t| t.name.as_str()).collect();
+    let mut pooled: HashSet<&str> = HashSet::new();
+    for n in &graph.node {
+        let from_pooled = n.op_type != "GlobalAveragePool"
+            && n.input.iter().any(|i| pooled.contains(i.as_str()))
+            && n.input.iter().all(|i| i.is_empty() || pooled.contains(i.as_str()) || constants.contains(i.as_str()));
+        if n.op_type == "GlobalAveragePool" || from_pooled {
+            pooled.extend(n.output.iter().map(String::as_str));
+        }
+    }
+    pooled
 }
 
 fn float_values(t: &TensorProto) -> Result<Vec<f32>, String> {

@@ -166,3 +166,75 @@ fn with_nothing_kept_the_input_is_calibrated_and_quantized() {
     let reloaded = Model::from_path(&int8_path).unwrap();
     assert!(reloaded.metadata.quantization.is_some());
 }
+
+/// Laid out for OpenVINO (NNCF's layout): quantizers only on the inputs of convolutions, sums and
+/// the squeeze-excitation's pooling and scaling; the SiLUs and the squeeze-excitation's small
+/// convolutions on the pooled tensor stay float. ONNX Runtime evaluates that graph as tract does.
+#[test]
+fn laid_out_for_openvino_only_the_inputs_of_fusable_layers_are_quantized() {
+    use prost::Message;
+    use std::collections::{HashMap, HashSet};
+    let (model, calibration) = demo_model_calibrated_on_the_bundled_xray();
+    let target = medpatch_quantize::qdq::Target::OpenVino;
+    let quantized =
+        quantize(&model, &calibration, &QuantizeOptions { threads: 2, target, ..Default::default() }).unwrap();
+    assert!(quantized.record.scheme.ends_with("laid out for openvino"), "{}", quantized.record.scheme);
+    let graph = tract_onnx::pb::ModelProto::decode(&*quantized.bytes).unwrap().graph.unwrap();
+    let producer: HashMap<&str, &str> =
+        graph.node.iter().flat_map(|n| n.output.iter().map(move |o| (o.as_str(), n.op_type.as_str()))).collect();
+    let constants: HashSet<&str> = graph.initializer.iter().map(|t| t.name.as_str()).collect();
+    // A node reads a quantized activation when its input comes from a DequantizeLinear of a
+    // QuantizeLinear (weights are DequantizeLinear of a constant).
+    let dq_of_activation: HashSet<&str> = graph
+        .node
+        .iter()
+        .filter(|n| n.op_type == "DequantizeLinear" && !constants.contains(n.input[0].as_str()))
+        .map(|n| n.output[0].as_str())
+        .collect();
+    let reads_quantized =
+        |n: &&tract_onnx::pb::NodeProto| n.input.iter().any(|i| dq_of_activation.contains(i.as_str()));
+    let readers: Vec<&tract_onnx::pb::NodeProto> = graph.node.iter().filter(reads_quantized).collect();
+    let named = |op: &str| readers.iter().filter(|n| n.op_type == op).map(|n| n.name.as_str()).collect::<Vec<_>>();
+    assert!(named("Sigmoid").is_empty(), "{:?}", named("Sigmoid"));
+    assert!(named("Mul").iter().all(|n| n.ends_with(".scale")) && !named("Mul").is_empty(), "{:?}", named("Mul"));
+    let convs = named("Conv");
+    assert!(!convs.is_empty() && convs.iter().all(|n| !n.contains(".fc")), "{convs:?}");
+    assert_eq!(named("Add").len(), graph.node.iter().filter(|n| n.op_type == "Add").count());
+    assert!(named("GlobalAveragePool").iter().all(|n| n.ends_with(".avgpool")), "squeeze-excitations only");
+    // No quantizer right after a convolution that a SiLU follows: OpenVINO fuses the SiLU instead.
+    for q in graph.node.iter().filter(|n| n.op_type == "QuantizeLinear" && !constants.contains(n.input[0].as_str())) {
+        if producer.get(q.input[0].as_str()) == Some(&"Conv") {
+            let name = q.input[0].trim_end_matches("/float");
+            let silu_follows = graph.node.iter().any(|n| n.op_type == "Sigmoid" && n.input[0] == name);
+            assert!(!silu_follows, "{name} is quantized before its SiLU");
+        }
+    }
+    let onnx_runtime_layout =
+        quantize(&model, &calibration, &QuantizeOptions { threads: 2, ..Default::default() }).unwrap();
+    assert!(quantized.rewritten.activation_pairs < onnx_runtime_layout.rewritten.activation_pairs);
+
+    // The same agreement between tract and ONNX Runtime as for the default layout.
+    let dir = scratch("quantize-openvino-layout");
+    let (f32_path, int8_path, check_path) = (dir.join("f32.onnx"), dir.join("int8.onnx"), dir.join("check.npy"));
+    std::fs::write(&f32_path, DEFAULT_MODEL_BYTES).unwrap();
+    std::fs::write(&int8_path, &quantized.bytes).unwrap();
+    let (check, n) = check_patches(&model);
+    std::fs::write(&check_path, medpatch_engine::render::npy_f32(&[n, 1, 64, 64], &check)).unwrap();
+    let out = run_python(
+        "qdq_reference.py",
+        &["model", f32_path.to_str().unwrap(), int8_path.to_str().unwrap(), check_path.to_str().unwrap()],
+    );
+    let onnx: Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
+    assert_eq!(onnx["activation_pairs"].as_u64().unwrap() as usize, quantized.rewritten.activation_pairs, "{out}");
+    let ort_mean = onnx["mean_abs"].as_f64().unwrap();
+    let stored = quantized.record.self_check.deviation;
+    eprintln!(
+        "OpenVINO layout: {} pairs (ONNX Runtime layout {}); deviation from f32 on the check patches: tract max {:.3} \
+         mean {:.4}, ONNX Runtime mean {ort_mean:.4}",
+        quantized.rewritten.activation_pairs,
+        onnx_runtime_layout.rewritten.activation_pairs,
+        stored.max_abs,
+        stored.mean_abs
+    );
+    assert!((ort_mean - stored.mean_abs as f64).abs() <= 0.05 * ort_mean, "{ort_mean} vs {}", stored.mean_abs);
+}

@@ -1,7 +1,7 @@
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use medpatch_engine::Model;
-use medpatch_quantize::{Calibration, Method, QuantizeOptions, layers};
+use medpatch_quantize::{Calibration, Method, QuantizeOptions, layers, qdq::Target};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::str::FromStr;
@@ -26,6 +26,10 @@ pub struct QuantizeArgs {
     /// classifier.1, a whole block: features.4.0) or presets: stem, head, classifier, se, none.
     #[arg(long, value_delimiter = ',', default_values_t = layers::DEFAULT_KEEP.map(String::from))]
     keep: Vec<String>,
+    /// The runtime that will run the model: onnxruntime (also TensorRT: every quantizable layer in
+    /// integers) or openvino (quantizers where OpenVINO's CPU plugin fuses them; SiLUs float).
+    #[arg(long, default_value = "onnxruntime", value_parser = Target::from_str)]
+    target: Target,
     /// Threads for the calibration runs (0: all cores).
     #[arg(long, default_value_t = 0)]
     threads: usize,
@@ -50,20 +54,21 @@ pub fn run(args: QuantizeArgs) -> Result<ExitCode> {
     for (path, problem) in &calibration.skipped {
         eprintln!("medpatch: warning: calibration image skipped: {}: {problem}", path.display());
     }
-    let options = QuantizeOptions { method: args.method, keep: args.keep, threads: args.threads };
+    let options = QuantizeOptions { method: args.method, keep: args.keep, threads: args.threads, target: args.target };
     let quantized = medpatch_quantize::quantize(&model, &calibration, &options)?;
     medpatch_models::write_atomically(&args.output, &quantized.bytes)
         .with_context(|| format!("cannot write {}", args.output.display()))?;
     let r = &quantized.record;
     let kept = if r.kept_f32.is_empty() { "none".to_string() } else { r.kept_f32.join(", ") };
     eprintln!(
-        "wrote {}: int8 QDQ graph of {} ({:.1} MB, was {:.1} MB) in {:.1} s\n  \
+        "wrote {}: int8 QDQ graph of {} for {} ({:.1} MB, was {:.1} MB) in {:.1} s\n  \
          {} of {} nodes quantized ({} weight tensors, {} activation Q/DQ pairs); kept in f32: {kept}\n  \
          calibration: {} images ({} patches, {}), sha256 {}\n  \
          int8 vs f32 on {} calibration patches: max |Δ patch logit| {:.3}, mean {:.4}\n  \
          on the {} self-check patches: max {:.3}, mean {:.4}",
         args.output.display(),
         model.name(),
+        options.target.name(),
         quantized.bytes.len() as f64 / 1e6,
         model.bytes.len() as f64 / 1e6,
         started.elapsed().as_secs_f64(),
