@@ -92,29 +92,48 @@ fn quantize_then_int8_predictions_stay_within_the_bound_and_evaluate() {
     assert_eq!(model.metadata.overlay_logit_range, f32_model.metadata.overlay_logit_range);
     assert!(model.bytes.len() * 2 < f32_model.bytes.len(), "int8 weights: under half the size");
 
-    // Test images the quantizer never saw, at f32 and int8 on both integer runtimes.
+    // The same model laid out for OpenVINO's fusions.
+    let q_openvino = dir.join("demo.int8.openvino.onnx");
+    let (code, _, stderr) = medpatch(&[
+        "quantize",
+        "--model",
+        DEMO,
+        "--calibrate",
+        s(&valid),
+        "--target",
+        "openvino",
+        "-o",
+        s(&q_openvino),
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stderr.contains("int8 QDQ graph of medpatch-default.onnx for openvino"), "{stderr}");
+
+    // Test images the quantizer never saw, at f32 and int8 on both integer runtimes, each layout.
     let images = split_images(&root, "test");
     let (_, f32_records) = predict(DEMO, "cpu", "f32", &images, &dir.join("f32"));
     let reference = patch_logits(&dir.join("f32"), &images);
-    // The bound: the self-check's (INT8_BOUND) applied to these images, around the quantized
-    // graph's deviation on the calibration images (measured and stored by the quantizer).
-    let e = record.calibration_error;
     let largest = reference.iter().fold(0f32, |m, z| m.max(z.abs()));
     let mean_size = reference.iter().map(|z| z.abs()).sum::<f32>() / reference.len() as f32;
     let bound = medpatch_engine::backend::INT8_BOUND;
-    let (allowed_max, allowed_mean) =
-        (bound.factor * e.max_abs + 2.0 * bound.slack * largest, bound.factor * e.mean_abs + bound.slack * mean_size);
-    for provider in ["cpu", "openvino"] {
-        let out = dir.join(format!("int8-{provider}"));
-        let (stderr, records) = predict(s(&q), provider, "int8", &images, &out);
+    for (model, provider) in [(&q, "cpu"), (&q, "openvino"), (&q_openvino, "openvino"), (&q_openvino, "cpu")] {
+        // The bound: the self-check's (INT8_BOUND) applied to these images, around the quantized
+        // graph's deviation on the calibration images (measured and stored by the quantizer).
+        let e = Model::from_path(model).unwrap().metadata.quantization.unwrap().calibration_error;
+        let (allowed_max, allowed_mean) = (
+            bound.factor * e.max_abs + 2.0 * bound.slack * largest,
+            bound.factor * e.mean_abs + bound.slack * mean_size,
+        );
+        let name = model.file_name().unwrap().to_str().unwrap();
+        let out = dir.join(format!("{name}-{provider}"));
+        let (stderr, records) = predict(s(model), provider, "int8", &images, &out);
         assert!(stderr.contains(&format!("provider: {provider}")) && stderr.contains("precision int8"), "{stderr}");
         assert!(stderr.contains("int8 self-check on 64 fixed patches against the f32 logits of medpatch-default.onnx"));
         assert!(records.iter().all(|r| r["precision"] == "int8" && r["provider"] == provider));
         assert_eq!(records.len(), f32_records.len());
         let (max, mean) = deviation(&patch_logits(&out, &images), &reference);
         eprintln!(
-            "{provider} int8 vs f32 on {} test images: max |Δ patch logit| {max:.3} (allowed {allowed_max:.3}), mean \
-             {mean:.4} (allowed {allowed_mean:.4}); quantized graph on calibration patches: {:.3} / {:.4}",
+            "{name} on {provider} vs f32 on {} test images: max |Δ patch logit| {max:.3} (allowed {allowed_max:.3}), \
+             mean {mean:.4} (allowed {allowed_mean:.4}); quantized graph on calibration patches: {:.3} / {:.4}",
             images.len(),
             e.max_abs,
             e.mean_abs
@@ -205,6 +224,12 @@ fn what_cannot_be_quantized_is_named_and_nothing_is_written() {
         assert!(!out.exists(), "a refused quantization wrote {}", out.display());
     };
     let xray = "assets/00001369_000.png";
+    // A runtime quantize does not lay out for: a usage error naming the choices.
+    let (code, _, stderr) =
+        medpatch(&["quantize", "--model", DEMO, "--calibrate", xray, "--target", "tpu", "-o", s(&out)]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("unknown target 'tpu': use onnxruntime (also for TensorRT) or openvino"), "{stderr}");
+    assert!(!out.exists());
     // Not a medpatch model: the demo model without its metadata.
     let foreign = dir.join("foreign.onnx");
     let mut proto = tract_onnx::pb::ModelProto::decode(&*std::fs::read(repo_root().join(DEMO)).unwrap()).unwrap();
