@@ -78,13 +78,16 @@ class Engine:
         batch_size: int | None = None,
         ort_library: str | os.PathLike[str] | None = None,
         openvino_library: str | os.PathLike[str] | None = None,
+        keep_f32: Sequence[str] | None = None,
     ) -> Engine:
         """model: None (embedded demo model, NOT diagnostic), an ONNX file from `medpatch export`,
         or its bytes. provider "auto" tries TensorRT, CUDA, ONNX Runtime CPU, OpenVINO, then tract.
         precision: "bf16" (OpenVINO, CPUs with BF16) or "fp16" (TensorRT) are checked against f32.
         threads: intra-op threads (0 = all cores). batch_size: patches per backend call.
         ort_library / openvino_library: the runtime's library (default: ORT_DYLIB_PATH /
-        OPENVINO_LIB_PATH, then this environment's onnxruntime / openvino wheel)."""
+        OPENVINO_LIB_PATH, then this environment's onnxruntime / openvino wheel). keep_f32: at
+        bf16, the layers left in f32 (presets "stem", "head", "classifier", "se", "none" or layer
+        names; default ["stem", "classifier"])."""
     def predict(self, image: _ImageInput) -> Result:
         """Predict one X-ray. Raises FileNotFoundError, DecodeError, ValueError, TypeError, ..."""
     def predict_many(
