@@ -25,6 +25,7 @@ scripts/setup.sh (onnxruntime, openvino, nncf, torch, scikit-learn, scipy), and 
 import argparse
 import csv
 import datetime
+import gc
 import json
 import os
 import platform
@@ -105,6 +106,27 @@ def agreement(reference, other):
         "spearman_min": float(np.nanmin(rho)),
         "top_patch_same": float((reference.argmax(1) == other.argmax(1)).mean()),
     }
+
+
+def auroc(scores, labels):
+    """AUROC of each column (Mann–Whitney, ties averaged); NaN where a column has one label value."""
+    from scipy.stats import rankdata
+
+    ranks = rankdata(scores, axis=0)
+    pos = labels.sum(0)
+    neg = len(labels) - pos
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return ((ranks * labels).sum(0) - pos * (pos + 1) / 2) / (pos * neg)
+
+
+def paired_bootstrap(logits_a, logits_b, labels, draws=1000):
+    """Mean AUROC of a minus b (image logits = mean patch logit), and its 95% interval over the same resamples of
+    the images for both."""
+    a, b = logits_a.mean(1), logits_b.mean(1)
+    delta = lambda idx: np.nanmean(auroc(a[idx], labels[idx]) - auroc(b[idx], labels[idx]))
+    rng = np.random.default_rng(0)
+    draws = [delta(rng.integers(0, len(labels), len(labels))) for _ in range(draws)]
+    return float(delta(np.arange(len(labels)))), float(np.percentile(draws, 2.5)), float(np.percentile(draws, 97.5))
 
 
 def read_patch_logits(records, images):
@@ -318,6 +340,18 @@ def main():
         row.update(agreement(reference, z))
         table.append(row)
     report["test_split"] = table
+    # Like for like: medpatch's model against the anchor with the same settings, on the same images.
+    labels = np.array([[float(r[c]) for c in classes] for r in test])
+    logits = {**python_logits, **{n: e["patch_logits"] for n, e in evals.items() if n not in theirs}}
+    report["paired"] = []
+    for ours_name, theirs_name in (("medpatch quantize, minmax", "quantize_static u8/s8 per-channel, minmax, stem+classifier f32"),
+                                   ("medpatch quantize, percentile:99.999",
+                                    "quantize_static u8/s8 per-channel, percentile, stem+classifier f32"),
+                                   ("medpatch quantize --target openvino, minmax", "NNCF, stem+classifier ignored")):
+        if ours_name in logits and theirs_name in logits:
+            d, low, high = paired_bootstrap(logits[ours_name], logits[theirs_name], labels)
+            report["paired"].append({"ours": ours_name, "theirs": theirs_name, "delta_mean_auroc": d,
+                                     "ci95": [low, high]})
 
     # 5. NIH X-rays: agreement only.
     nih = sorted((ROOT.parent / "shared/data/cxr/nih/images").glob("*.png"))
@@ -355,13 +389,18 @@ def main():
         models = {"f32": s, "medpatch quantize": s8, "medpatch quantize --target openvino": s8_openvino, **s_theirs}
         ort_runs = {n: (lambda sess: (lambda: sess.run(None, {"patches": x})))(ort_session(m, args.threads))
                     for n, m in models.items()}
+        report["python_speed_ms"] = {"onnxruntime": timed(ort_runs)}
+        # ONNX Runtime's sessions go before OpenVINO is timed: alive, their thread pools slowed OpenVINO's
+        # runs by up to 1.8× on 2 cores (measured: the same models 177 ms beside them, 103 ms alone).
+        del ort_runs
+        gc.collect()
         core = ov.Core()
         settings = {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": args.threads, "PERFORMANCE_HINT": "LATENCY"}
         ov_runs = {}
         for n, m in models.items():
             request = core.compile_model(str(m), "CPU", settings).create_infer_request()
             ov_runs[n] = (lambda r: (lambda: r.infer([x])))(request)
-        report["python_speed_ms"] = {"onnxruntime": timed(ort_runs), "openvino": timed(ov_runs)}
+        report["python_speed_ms"]["openvino"] = timed(ov_runs)
 
     for row in report["test_split"]:
         row.pop("patch_logits", None)
@@ -384,6 +423,12 @@ def markdown(r, classes):
               "|---|" + "---|" * 3]
     for c in classes:
         lines.append(f"| {c} | " + " | ".join(f"{row['auroc'][c]:.3f}" for row in r["test_split"][:3]) + " |")
+    if r.get("paired"):
+        lines += ["", "| mean AUROC, medpatch minus the anchor (paired bootstrap, 1000 resamples of the 300 images) | Δ | "
+                      "95% interval |", "|---|---|---|"]
+        for p in r["paired"]:
+            lines.append(f"| {p['ours']} − {p['theirs']} | {p['delta_mean_auroc']:+.4f} | "
+                         f"{p['ci95'][0]:+.4f} … {p['ci95'][1]:+.4f} |")
     tasks = sorted({t for row in r["test_split"] for t in (row["hit_rate"] or {})})
     if tasks:
         shown = [row for row in r["test_split"][:2]]
