@@ -128,6 +128,13 @@ fn quantize_then_int8_predictions_stay_within_the_bound_and_evaluate() {
         let (stderr, records) = predict(s(model), provider, "int8", &images, &out);
         assert!(stderr.contains(&format!("provider: {provider}")) && stderr.contains("precision int8"), "{stderr}");
         assert!(stderr.contains("int8 self-check on 64 fixed patches against the f32 logits of medpatch-default.onnx"));
+        // A layout made for the other runtime runs, with a note saying it is slower there.
+        let foreign_layout = (model == &q) != (provider == "cpu");
+        assert_eq!(
+            stderr.contains("medpatch: note: the model's quantizers are laid out for"),
+            foreign_layout,
+            "{stderr}"
+        );
         assert!(records.iter().all(|r| r["precision"] == "int8" && r["provider"] == provider));
         assert_eq!(records.len(), f32_records.len());
         let (max, mean) = deviation(&patch_logits(&out, &images), &reference);

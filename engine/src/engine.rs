@@ -175,6 +175,24 @@ impl Engine {
     pub fn provider(&self) -> Provider {
         self.backend.provider()
     }
+    /// Said when a quantized model's quantizers are laid out for another runtime than the one
+    /// running it: it runs, at that runtime's speed for a foreign layout (a model laid out for
+    /// OpenVINO ran 2.5–2.9× slower than f32 on ONNX Runtime: docs/precision.md).
+    pub fn layout_note(&self) -> Option<String> {
+        let target = self.model.metadata.quantization.as_ref()?.target.as_deref().unwrap_or("onnxruntime");
+        let runtime = match self.provider() {
+            Provider::OpenVino => "openvino",
+            Provider::Cpu | Provider::TensorRt | Provider::Cuda => "onnxruntime",
+            Provider::Tract => return None,
+        };
+        (target != runtime).then(|| {
+            format!(
+                "the model's quantizers are laid out for {target}'s fusions, and {} runs such a model slower than one \
+                 quantized for {runtime} (medpatch quantize, target {runtime})",
+                self.provider().describe()
+            )
+        })
+    }
     /// The precision the backend computes in.
     pub fn precision(&self) -> Precision {
         self.backend.precision()

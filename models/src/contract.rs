@@ -273,6 +273,10 @@ pub struct ModelMetadata {
 pub struct Quantization {
     /// The scheme, in words: "qdq: int8 weights per output channel (symmetric), uint8 activations per tensor".
     pub scheme: String,
+    /// The runtime whose fusions the quantizers are laid out for ("onnxruntime", "openvino"); other
+    /// runtimes run the model too, slower. Absent in models that predate the choice (onnxruntime).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
     /// The calibration method: "minmax" or "percentile 99.99".
     pub method: String,
     pub calibration: CalibrationRecord,
@@ -526,6 +530,7 @@ mod tests {
         let deviation = Deviation { patches: 64, max_abs: 2.5, mean_abs: 0.125 };
         m.quantization = Some(Quantization {
             scheme: "qdq".into(),
+            target: Some("onnxruntime".into()),
             method: "minmax".into(),
             calibration: CalibrationRecord { images: 2, patches: 128, sha256: "ab".repeat(32) },
             kept_f32: vec!["features.0".into()],

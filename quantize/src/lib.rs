@@ -81,7 +81,7 @@ pub const DEFAULT_PERCENTILE: f64 = 99.99;
 /// (a second and third run of the model; the whole set would double the time for little).
 pub const DEVIATION_PATCHES: usize = 1024;
 
-/// The scheme every quantized model uses, in words (stored in its metadata, after the target).
+/// The scheme every quantized model uses, in words (stored in its metadata).
 pub const SCHEME: &str = "qdq: int8 weights per output channel (symmetric), uint8 activations per tensor";
 
 #[derive(Debug, Clone)]
@@ -284,7 +284,8 @@ pub fn quantize(
     };
     let (f32_check, f32_sample) = logits_of(&model.bytes)?;
     let mut record = Quantization {
-        scheme: format!("{SCHEME}; laid out for {}", options.target.name()),
+        scheme: SCHEME.into(),
+        target: Some(options.target.name().into()),
         method: options.method.describe(),
         calibration: CalibrationRecord {
             images: calibration.images,

@@ -190,6 +190,9 @@ pub fn report_engine(engine: &Engine) {
     if let Some(check) = engine.precision_check() {
         eprintln!("medpatch: {check}");
     }
+    if let Some(note) = engine.layout_note() {
+        eprintln!("medpatch: note: {note}");
+    }
     if model.origin == ModelOrigin::Embedded {
         // Say what the embedded model really is, from its own metadata.
         let what = if model.metadata.source.starts_with("random initialisation") {

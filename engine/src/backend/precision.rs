@@ -563,6 +563,7 @@ mod tests {
         let deviation = Deviation { patches: n, max_abs: 2.0, mean_abs: 0.5 };
         model.metadata.quantization = Some(Quantization {
             scheme: "qdq".into(),
+            target: None,
             method: "minmax".into(),
             calibration: CalibrationRecord { images: 1, patches: 64, sha256: String::new() },
             kept_f32: vec![],
