@@ -97,6 +97,22 @@ fn demo_model_calibrated_on_the_bundled_xray() -> (Model, Calibration) {
     (model, calibration)
 }
 
+/// What tests/python/qdq_reference.py (numpy and ONNX Runtime) says of the demo model quantized to
+/// `int8`, on the self-check patches: its JSON verdict, and the script's whole output.
+fn onnx_reference(model: &Model, int8: &[u8], scratch_name: &str) -> (Value, String) {
+    let dir = scratch(scratch_name);
+    let (f32_path, int8_path, check_path) = (dir.join("f32.onnx"), dir.join("int8.onnx"), dir.join("check.npy"));
+    std::fs::write(&f32_path, DEFAULT_MODEL_BYTES).unwrap();
+    std::fs::write(&int8_path, int8).unwrap();
+    let (check, n) = check_patches(model);
+    std::fs::write(&check_path, medpatch_engine::render::npy_f32(&[n, 1, 64, 64], &check)).unwrap();
+    let out = run_python(
+        "qdq_reference.py",
+        &["model", f32_path.to_str().unwrap(), int8_path.to_str().unwrap(), check_path.to_str().unwrap()],
+    );
+    (serde_json::from_str(out.lines().last().unwrap()).unwrap(), out)
+}
+
 /// The demo model quantized on the bundled X-ray: every constant as numpy computes it, and the
 /// stored measurement (tract's evaluation of the QDQ graph) as ONNX Runtime evaluates the graph.
 #[test]
@@ -104,17 +120,7 @@ fn the_quantized_demo_model_is_what_numpy_and_onnx_say() {
     let (model, calibration) = demo_model_calibrated_on_the_bundled_xray();
     assert_eq!((calibration.images, calibration.count), (1, 64));
     let quantized = quantize(&model, &calibration, &QuantizeOptions { threads: 2, ..Default::default() }).unwrap();
-    let dir = scratch("quantize-numpy-model");
-    let (f32_path, int8_path, check_path) = (dir.join("f32.onnx"), dir.join("int8.onnx"), dir.join("check.npy"));
-    std::fs::write(&f32_path, DEFAULT_MODEL_BYTES).unwrap();
-    std::fs::write(&int8_path, &quantized.bytes).unwrap();
-    let (check, n) = check_patches(&model);
-    std::fs::write(&check_path, medpatch_engine::render::npy_f32(&[n, 1, 64, 64], &check)).unwrap();
-    let out = run_python(
-        "qdq_reference.py",
-        &["model", f32_path.to_str().unwrap(), int8_path.to_str().unwrap(), check_path.to_str().unwrap()],
-    );
-    let onnx: Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
+    let (onnx, out) = onnx_reference(&model, &quantized.bytes, "quantize-numpy-model");
     let r = &quantized.rewritten;
     assert_eq!(onnx["weights"].as_u64().unwrap() as usize, r.quantized_weights, "{out}");
     assert_eq!(onnx["biases"].as_u64().unwrap() as usize, r.quantized_weights, "every quantized layer has a bias");
@@ -127,6 +133,7 @@ fn the_quantized_demo_model_is_what_numpy_and_onnx_say() {
     // within float rounding of a half step quantizes to the neighbouring step in one of them, and
     // such a step moves this sensitive model's logits by up to a few units; on the mean over all
     // logits they must agree far inside the quantization's own deviation.
+    let (check, n) = check_patches(&model);
     let tract = Runner::new(&quantized.bytes, &["logits".into()], [1, 64, 64], 2).unwrap().logits(&check, n).unwrap();
     let ort: Vec<f32> = onnx["logits"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect();
     let mean_diff = tract.iter().zip(&ort).map(|(a, b)| (a - b).abs() as f64).sum::<f64>() / ort.len() as f64;
@@ -214,17 +221,7 @@ fn laid_out_for_openvino_only_the_inputs_of_fusable_layers_are_quantized() {
     assert!(quantized.rewritten.activation_pairs < onnx_runtime_layout.rewritten.activation_pairs);
 
     // The same agreement between tract and ONNX Runtime as for the default layout.
-    let dir = scratch("quantize-openvino-layout");
-    let (f32_path, int8_path, check_path) = (dir.join("f32.onnx"), dir.join("int8.onnx"), dir.join("check.npy"));
-    std::fs::write(&f32_path, DEFAULT_MODEL_BYTES).unwrap();
-    std::fs::write(&int8_path, &quantized.bytes).unwrap();
-    let (check, n) = check_patches(&model);
-    std::fs::write(&check_path, medpatch_engine::render::npy_f32(&[n, 1, 64, 64], &check)).unwrap();
-    let out = run_python(
-        "qdq_reference.py",
-        &["model", f32_path.to_str().unwrap(), int8_path.to_str().unwrap(), check_path.to_str().unwrap()],
-    );
-    let onnx: Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
+    let (onnx, out) = onnx_reference(&model, &quantized.bytes, "quantize-openvino-layout");
     assert_eq!(onnx["activation_pairs"].as_u64().unwrap() as usize, quantized.rewritten.activation_pairs, "{out}");
     let ort_mean = onnx["mean_abs"].as_f64().unwrap();
     let stored = quantized.record.self_check.deviation;
