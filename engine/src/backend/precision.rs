@@ -5,8 +5,9 @@
 //! bf16 (OpenVINO on CPUs with AVX512-BF16 or AMX) and fp16 (TensorRT; tract on ARM CPUs with
 //! FP16) change the numbers, so a backend at reduced precision runs fixed patches once, at engine
 //! creation, and is refused when its logits leave [`REDUCED_PRECISION_BOUND`] of an f32 run on the
-//! same patches. The check is per model: fp16's error scales with the logits' magnitude, so a model
-//! with large logits can fail where another passes (docs/speed.md, "fp16 on ARM").
+//! same patches. The check is per model: the error scales with the logits' magnitude, and so does
+//! the bound's second half, measured on the model itself (what rounding the check image to 8 bits
+//! does to its f32 logits). int8 has its own bound, around the quantized graph's measured error.
 
 use super::Backend;
 use crate::model::Model;
@@ -92,7 +93,7 @@ impl std::str::FromStr for Precision {
 /// 2.5 in f32 (mean 0.09): a per-logit bound alone (0.05 at a logit near 0) asks more of bf16 than
 /// f32 gives on 8-bit images, and refuses every mix of bf16 layers that is faster than f32
 /// (docs/precision.md). Twice that deviation leaves room for other CPUs' kernels (bf16 with the
-/// stem and classifier in f32 used 41% of it on a Zen 4); a broken kernel (garbage, NaN, a
+/// stem and classifier in f32 used about 40% of it on a Zen 4); a broken kernel (garbage, NaN, a
 /// wrong-precision path) moves the logits by about their own size and fails both.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct Bound {
