@@ -225,8 +225,9 @@ async fn run_infer(state: Arc<AppState>, model: String, version: Option<String>,
     let result = state
         .serve_infer(move |admission| async move {
             let state = inner;
-            state.check_model(&model, version.as_deref())?;
+            // The body first: see read_body.
             let (headers, body) = read_body(&state, request, false).await?;
+            state.check_model(&model, version.as_deref())?;
             let header_length = match headers.get(HEADER_LENGTH) {
                 None => None,
                 Some(v) => Some(v.to_str().ok().and_then(|v| v.trim().parse::<usize>().ok()).ok_or_else(|| {
@@ -334,10 +335,22 @@ fn too_large(size: Option<u64>, limit: usize) -> ApiError {
     )
 }
 
-/// Read the body within --max-body-bytes (refusing at once when Content-Length says it is over).
+/// Read the body within --max-body-bytes (refusing at once when Content-Length says it is over),
+/// then refuse a content type the route does not take. Every other refusal comes after the body
+/// is read: an answer sent while the client is still writing reaches it as a connection reset
+/// (the kernel resets a connection closed with unread data), not as the error.
 async fn read_body(state: &AppState, request: Request, raw_file: bool) -> Result<(HeaderMap, Bytes), ApiError> {
     let limit = state.config.max_body_bytes;
     let (parts, body) = request.into_parts();
+    let declared = parts.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if let Some(size) = declared.filter(|&s| s > limit as u64) {
+        return Err(too_large(Some(size), limit));
+    }
+    let bytes = match Limited::new(Body::new(body), limit).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => return Err(too_large(None, limit)),
+        Err(e) => return Err(ApiError::bad_request(format!("the request body could not be read: {e}"))),
+    };
     if let Some(kind) = parts.headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()) {
         let kind = kind.to_ascii_lowercase();
         if kind.starts_with("multipart/") || (raw_file && kind.starts_with("application/json")) {
@@ -354,15 +367,6 @@ async fn read_body(state: &AppState, request: Request, raw_file: bool) -> Result
             ));
         }
     }
-    let declared = parts.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-    if let Some(size) = declared.filter(|&s| s > limit as u64) {
-        return Err(too_large(Some(size), limit));
-    }
-    let bytes = match Limited::new(Body::new(body), limit).collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => return Err(too_large(None, limit)),
-        Err(e) => return Err(ApiError::bad_request(format!("the request body could not be read: {e}"))),
-    };
     Ok((parts.headers, bytes))
 }
 

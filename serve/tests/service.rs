@@ -390,6 +390,9 @@ fn bad_inputs_get_the_protocols_errors_and_the_server_keeps_serving() {
         ("POST", infer, vec![], b"{".to_vec(), 400, "malformed inference request JSON"),
         ("POST", infer, vec![], b"[1,2]".to_vec(), 400, "malformed inference request JSON"),
         ("POST", "/v2/models/chexnet/infer", vec![], file_input(&png), 404, "unknown model 'chexnet'"),
+        // Refusals of large bodies reach the client as answers, not as connection resets: the
+        // server reads the body (within its limit) before it refuses.
+        ("POST", "/v2/models/chexnet/infer", vec![], vec![b' '; 8 << 20], 404, "unknown model 'chexnet'"),
         ("POST", "/v2/models/medpatch/versions/3/infer", vec![], file_input(&png), 404, "no version '3'"),
         (
             "POST",
@@ -529,6 +532,14 @@ fn bad_inputs_get_the_protocols_errors_and_the_server_keeps_serving() {
             infer,
             vec![("Content-Type", "multipart/form-data; boundary=x")],
             file_input(&png),
+            415,
+            "not multipart/form-data",
+        ),
+        (
+            "POST",
+            infer,
+            vec![("Content-Type", "multipart/form-data; boundary=x")],
+            vec![b'x'; 8 << 20],
             415,
             "not multipart/form-data",
         ),
