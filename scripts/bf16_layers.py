@@ -6,6 +6,11 @@ logits. Then whole-model mixes (layers kept in f32, as `--keep-f32` keeps them) 
 set of bf16 layers that passes the per-logit bound alone. The measurement behind docs/precision.md ("bf16").
 
     .venv/bin/python scripts/bf16_layers.py [--model models/default/medpatch-default.onnx] [--threads 2]
+    .venv/bin/python scripts/bf16_layers.py --model S.onnx --speed-only [--rounds 15]
+
+`--speed-only`: f32, OpenVINO's bf16 hint and the bf16 graph with nothing and with the stem and classifier kept in
+f32, compiled side by side in this process and timed interleaved (for a large model, where the per-layer table
+would take long).
 
 Needs a CPU whose OpenVINO reports BF16 (AVX512-BF16 or AMX).
 
@@ -147,6 +152,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="models/default/medpatch-default.onnx")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--speed-only", action="store_true")
+    ap.add_argument("--rounds", type=int, default=15)
     args = ap.parse_args()
     core = ov.Core()
     if "BF16" not in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
@@ -158,6 +165,26 @@ def main():
         m = core.read_model(model, b"") if isinstance(model, bytes) else core.read_model(model)
         return core.compile_model(m, "CPU", {**settings, "INFERENCE_PRECISION_HINT": hint})
 
+    if args.speed_only:
+        layers = layers_of(onnx.load(args.model).graph)
+        kept = {layers[0], "avgpool", "flatten", "classifier.1"}
+        runs = {"OpenVINO f32": compiled(args.model), "OpenVINO bf16 hint (whole model)": compiled(args.model, "bf16"),
+                "bf16 graph, nothing kept": compiled(mixed(args.model, set(layers))),
+                "bf16 graph, stem and classifier in f32": compiled(mixed(args.model, set(layers) - kept))}
+        requests = {name: c.create_infer_request() for name, c in runs.items()}
+        times = {name: [] for name in runs}
+        for r in requests.values():
+            r.infer([x])
+        for _ in range(args.rounds):
+            for name, r in requests.items():
+                t = time.perf_counter()
+                r.infer([x])
+                times[name].append(1000 * (time.perf_counter() - t))
+        f32_ms = np.median(times["OpenVINO f32"])
+        print(f"| {args.model}, 64 patches, {args.threads} threads | median ms | min ms | f32 / this |\n|---|---|---|---|")
+        for name, v in times.items():
+            print(f"| {name} | {np.median(v):.1f} | {np.min(v):.1f} | {f32_ms / np.median(v):.2f}× |")
+        return
     reference = compiled(args.model)(x)[0]
     rounded = np.ascontiguousarray(np.round(x * 255) / 255, dtype=np.float32)
     rounding = np.abs(compiled(args.model)(rounded)[0] - reference)
